@@ -1,0 +1,3 @@
+from picstore.cli import main
+
+main()

@@ -1,0 +1,168 @@
+"""create_app: the only place that knows every module. Wires settings, database, storage, jobs and routes."""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import AsyncGenerator
+from contextlib import asynccontextmanager
+from typing import Any
+
+from litestar import Litestar, MediaType, Request, Response, Router, get
+from litestar.datastructures import State
+from litestar.di import NamedDependency, Provide
+from litestar.exceptions import HTTPException, ValidationException
+from litestar.openapi import OpenAPIConfig
+from litestar.static_files import create_static_files_router
+from sqlalchemy import text
+from sqlalchemy.exc import DBAPIError, IntegrityError
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from picstore import api_admin, auth, db, errors, jobs, schemas, stores
+from picstore.settings import Settings
+
+log = logging.getLogger("picstore.api")
+
+STATUS: dict[type[errors.PicstoreError], int] = {
+    errors.BadRequest: 400,
+    errors.Unauthenticated: 401,
+    errors.MissingPermission: 403,
+    errors.NotFound: 404,
+    errors.Conflict: 409,
+    errors.PayloadTooLarge: 413,
+    errors.UnsupportedMedia: 415,
+    errors.Invalid: 422,
+    errors.Unavailable: 503,
+}
+HTTP_KINDS = {400: "bad_request", 401: "authn", 403: "missing_permission", 404: "not_found",
+              405: "method_not_allowed", 409: "conflict", 413: "payload_too_large", 415: "unsupported_media_type",
+              422: "invalid", 429: "too_many_requests", 503: "unavailable"}
+JSON_BODY_LIMIT = 1024 * 1024
+
+
+def error_response(status: int, kind: str, message: str) -> Response[Any]:
+    return Response(
+        schemas.ErrorOut(error=schemas.ErrorBody(kind=kind, message=message)),
+        status_code=status,
+        media_type=MediaType.JSON,
+    )
+
+
+def _status_of(exc: errors.PicstoreError) -> int:
+    for cls in type(exc).__mro__:
+        if cls in STATUS:
+            return STATUS[cls]
+    return 500
+
+
+def picstore_error(_: Request[Any, Any, Any], exc: errors.PicstoreError) -> Response[Any]:
+    return error_response(_status_of(exc), exc.kind, exc.message)
+
+
+def _validation_message(exc: ValidationException) -> str:
+    extra = exc.extra if isinstance(exc.extra, list) else []
+    details = [
+        f"{e.get('key')}: {e.get('message')}" if e.get("key") else str(e.get("message"))
+        for e in extra
+        if isinstance(e, dict)
+    ]
+    return "; ".join(details) or str(exc.detail)
+
+
+def http_error(_: Request[Any, Any, Any], exc: HTTPException) -> Response[Any]:
+    status = exc.status_code
+    if status >= 500:
+        return error_response(status, "internal_server_error", "Server error")
+    message = _validation_message(exc) if isinstance(exc, ValidationException) else str(exc.detail)
+    return error_response(status, HTTP_KINDS.get(status, "bad_request"), message)
+
+
+def database_error(request: Request[Any, Any, Any], exc: DBAPIError) -> Response[Any]:
+    if isinstance(exc, IntegrityError):
+        return error_response(409, "conflict", "The request conflicts with existing data")
+    if exc.connection_invalidated or _is_connection_problem(exc):
+        return error_response(503, "unavailable", "The database is unavailable; retry shortly")
+    return internal_error(request, exc)
+
+
+def _is_connection_problem(exc: BaseException) -> bool:
+    text_ = f"{type(exc.__cause__).__name__} {exc}".lower()
+    return any(w in text_ for w in ("connection", "cannotconnectnow", "shutdown", "admin", "terminat"))
+
+
+def connection_error(_: Request[Any, Any, Any], exc: OSError) -> Response[Any]:
+    return error_response(503, "unavailable", "A backing service is unavailable; retry shortly")
+
+
+def internal_error(request: Request[Any, Any, Any], exc: Exception) -> Response[Any]:
+    log.error("unhandled error on %s %s", request.method, request.url.path, exc_info=exc)
+    return error_response(500, "internal_server_error", "Server error")
+
+
+async def provide_db(state: State) -> AsyncGenerator[AsyncSession, None]:
+    async with state.sessionmaker() as session:
+        yield session
+
+
+async def provide_caller(request: Request[Any, Any, Any], db: NamedDependency[AsyncSession]) -> auth.Caller:
+    token = auth.bearer_token(request.headers.get("authorization"))
+    async with db.begin():
+        return await auth.authenticate(db, token)
+
+
+@get("/health")
+async def health(state: State) -> schemas.Health:
+    try:
+        async with state.engine.connect() as conn:
+            await conn.execute(text("SELECT 1"))
+        ok = True
+    except (DBAPIError, OSError):
+        ok = False
+    return schemas.Health(database=ok, healthy=ok)
+
+
+def _resources(settings: Settings) -> Any:
+    @asynccontextmanager
+    async def lifespan(app: Litestar) -> AsyncGenerator[None, None]:
+        engine = db.make_engine(settings.database_url, settings.db_pool_size)
+        app.state.engine = engine
+        app.state.sessionmaker = db.make_sessionmaker(engine)
+        app.state.settings = settings
+        async with stores.Stores(settings) as store_cache, jobs.open_app(settings) as job_app:
+            app.state.stores = store_cache
+            app.state.jobs = job_app
+            try:
+                yield
+            finally:
+                await engine.dispose()
+
+    return lifespan
+
+
+def create_app(settings: Settings | None = None) -> Litestar:
+    settings = settings or Settings.from_env()
+    api = Router(
+        path="/api",
+        route_handlers=[health, api_admin.router],
+        dependencies={"db": Provide(provide_db), "caller": Provide(provide_caller)},
+    )
+    handlers: list[Any] = [api]
+    files_root = settings.local_storage_roots[0] if settings.local_storage_roots else None
+    if files_root:
+        os.makedirs(files_root, exist_ok=True)
+        handlers.append(create_static_files_router(path="/files", directories=[files_root], send_as_attachment=False))
+    return Litestar(
+        route_handlers=handlers,
+        dependencies={"settings": Provide(lambda: settings, use_cache=True, sync_to_thread=False)},
+        lifespan=[_resources(settings)],
+        exception_handlers={
+            errors.PicstoreError: picstore_error,
+            HTTPException: http_error,
+            DBAPIError: database_error,
+            OSError: connection_error,
+            Exception: internal_error,
+        },
+        openapi_config=OpenAPIConfig(title="picstore", version="0.1.0", path="/schema"),
+        request_max_body_size=JSON_BODY_LIMIT,
+        debug=False,
+    )

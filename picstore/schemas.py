@@ -1,0 +1,248 @@
+"""Request and response bodies (msgspec Structs). Ids travel in their prefixed form."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Annotated, Any, Literal
+
+import msgspec
+from msgspec import Meta, Struct
+
+from picstore.permissions import Permission
+
+Name = Annotated[str, Meta(min_length=1, max_length=200)]
+PathSegment = Annotated[str, Meta(max_length=500)]
+Email = Annotated[str, Meta(min_length=3, max_length=320, pattern=r"^[^@\s]+@[^@\s]+$")]
+ShortId = Annotated[str, Meta(min_length=1, max_length=100, pattern=r"^[A-Za-z0-9_.~-]+$")]
+InputFormat = Literal["jpg", "png", "gif", "webp", "avif", "heic", "tiff", "svg"]
+
+
+class Request(Struct, forbid_unknown_fields=True, kw_only=True):
+    """Request bodies refuse unknown fields so a typo is a 400, not a silently ignored setting."""
+
+
+class Health(Struct):
+    database: bool
+    healthy: bool
+
+
+class Empty(Struct):
+    pass
+
+
+# Projects
+
+
+class ProjectIn(Request):
+    name: Name
+    base_location: PathSegment = ""
+
+
+class ProjectOut(Struct):
+    id: str
+    name: str
+    base_location: str
+    updated: datetime
+
+
+# Storage locations
+
+
+class LocalProvider(Struct, tag_field="type", tag="local", forbid_unknown_fields=True):
+    pass
+
+
+class S3Provider(Struct, tag_field="type", tag="s3", forbid_unknown_fields=True):
+    endpoint: str | None = None
+    region: str | None = None
+    access_key_id: str | None = None
+    secret_key: str | None = None
+    virtual_host_style: bool | None = None
+
+
+class LocalProviderOut(Struct, tag_field="type", tag="local"):
+    pass
+
+
+class S3ProviderOut(Struct, tag_field="type", tag="s3"):
+    endpoint: str | None
+    region: str | None
+    access_key_id: str | None
+    virtual_host_style: bool | None
+    has_secret_key: bool
+
+
+class StorageLocationIn(Request):
+    name: Name
+    provider: LocalProvider | S3Provider
+    base_location: PathSegment
+    public_url_base: Annotated[str, Meta(max_length=2000)]
+
+
+class StorageLocationOut(Struct):
+    id: str
+    project_id: str | None
+    name: str
+    provider: LocalProviderOut | S3ProviderOut
+    base_location: str
+    public_url_base: str
+    updated: datetime
+
+
+class ProbeStepOut(Struct):
+    step: str
+    ok: bool
+    ms: float
+    error: str | None = None
+
+
+class ProbeOut(Struct):
+    ok: bool
+    steps: list[ProbeStepOut]
+
+
+# Conversion profiles
+
+
+class ConversionProfileIn(Request):
+    name: Name
+    output: dict[str, Any]
+
+
+class ConversionProfileOut(Struct):
+    id: str
+    project_id: str | None
+    name: str
+    output: dict[str, Any]
+    updated: datetime
+
+
+# Upload profiles
+
+MAX_BYTES_CEILING = 2**40
+
+
+class UploadProfileIn(Request):
+    name: Name
+    base_storage_location_id: str
+    output_storage_location_id: str
+    conversion_profile_id: str
+    short_id: ShortId | None = None
+    base_storage_location_path: PathSegment | None = None
+    output_storage_location_path: PathSegment | None = None
+    max_bytes: Annotated[int, Meta(ge=1, le=MAX_BYTES_CEILING)] = 50 * 1024 * 1024
+    max_pixels: Annotated[int, Meta(ge=1, le=2**40)] = 100_000_000
+    allowed_formats: list[InputFormat] = msgspec.field(
+        default_factory=lambda: ["jpg", "png", "gif", "webp", "avif", "heic", "tiff"]
+    )
+    obsolete_retention_seconds: Annotated[int, Meta(ge=0, le=10 * 365 * 86400)] | None = 7 * 86400
+
+
+class UploadProfileOut(Struct):
+    id: str
+    project_id: str
+    name: str
+    short_id: str | None
+    base_storage_location_id: str
+    base_storage_location_path: str | None
+    output_storage_location_id: str
+    output_storage_location_path: str | None
+    conversion_profile_id: str
+    max_bytes: int
+    max_pixels: int
+    allowed_formats: list[str]
+    obsolete_retention_seconds: int | None
+    updated: datetime
+
+
+# Users, roles, API keys
+
+
+class GrantIn(Request):
+    permission: Permission
+    project_id: str | None = None
+
+
+class GrantOut(Struct):
+    permission: str
+    project_id: str | None
+
+
+class UserIn(Request):
+    email: Email
+    name: Name
+    password: Annotated[str, Meta(min_length=8, max_length=1000)] | None = None
+    role_ids: list[str] = msgspec.field(default_factory=list)
+    default_upload_profile_id: str | None = None
+
+
+class UserUpdate(Request):
+    email: Email | None = None
+    name: Name | None = None
+    password: Annotated[str, Meta(min_length=8, max_length=1000)] | None = None
+    default_upload_profile_id: str | None = None
+
+
+class UserOut(Struct):
+    id: str
+    email: str
+    name: str
+    has_password: bool
+    role_ids: list[str]
+    default_upload_profile_id: str | None
+    updated: datetime
+
+
+class UserRolesIn(Request):
+    role_ids: list[str]
+
+
+class RoleIn(Request):
+    name: Name
+    permissions: list[GrantIn] = msgspec.field(default_factory=list)
+
+
+class RolePermissionsIn(Request):
+    permissions: list[GrantIn]
+
+
+class RoleOut(Struct):
+    id: str
+    name: str
+    permissions: list[GrantOut]
+
+
+class ApiKeyIn(Request):
+    name: Annotated[str, Meta(max_length=200)] = ""
+    user_id: str | None = None
+    expires: datetime | None = None
+    inherits_user_permissions: bool = True
+    permissions: list[GrantIn] = msgspec.field(default_factory=list)
+    default_upload_profile_id: str | None = None
+
+
+class ApiKeyOut(Struct):
+    id: str
+    user_id: str
+    name: str
+    prefix: str
+    inherits_user_permissions: bool
+    permissions: list[GrantOut]
+    created: datetime
+    expires: datetime | None
+    last_used: datetime | None
+    revoked: datetime | None
+
+
+class ApiKeyCreated(Struct):
+    key: str
+    api_key: ApiKeyOut
+
+
+class ErrorBody(Struct):
+    kind: str
+    message: str
+
+
+class ErrorOut(Struct):
+    error: ErrorBody
