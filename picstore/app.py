@@ -18,7 +18,7 @@ from sqlalchemy import text
 from sqlalchemy.exc import DBAPIError, IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from picstore import api_admin, auth, db, errors, jobs, schemas, stores
+from picstore import api_admin, api_images, auth, db, errors, jobs, schemas, stores
 from picstore.settings import Settings
 
 log = logging.getLogger("picstore.api")
@@ -143,7 +143,7 @@ def create_app(settings: Settings | None = None) -> Litestar:
     settings = settings or Settings.from_env()
     api = Router(
         path="/api",
-        route_handlers=[health, api_admin.router],
+        route_handlers=[health, api_admin.router, api_images.router],
         dependencies={"db": Provide(provide_db), "caller": Provide(provide_caller)},
     )
     handlers: list[Any] = [api]

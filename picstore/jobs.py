@@ -1,25 +1,50 @@
 """The procrastinate App and deferral. Tasks live in tasks.py; the api defers them by name so it never
-imports pyvips. procrastinate has no asyncpg connector, so jobs use their own psycopg pool."""
+imports pyvips. procrastinate has no asyncpg connector, so jobs use their own psycopg pool.
+
+Jobs are deferred after the commit that made their rows visible. A queueing lock keeps one waiting job
+per image, and a lock runs one job per image at a time; if the process dies between commit and defer,
+the reconcile task (tasks.py) finds the image still queued and defers it.
+"""
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 import procrastinate
+from procrastinate.exceptions import AlreadyEnqueued
 
 from picstore.settings import Settings
+
+QUEUE = "images"
+CONVERT = "picstore.tasks.convert_image"
+DELETE = "picstore.tasks.delete_image"
 
 app = procrastinate.App(connector=procrastinate.PsycopgConnector(), import_paths=["picstore.tasks"])
 
 
-def connected(settings: Settings, max_size: int = 4) -> procrastinate.App:
-    connector = procrastinate.PsycopgConnector(conninfo=settings.libpq_url, min_size=1, max_size=max_size)
-    return app.with_connector(connector)
-
-
 @asynccontextmanager
 async def open_app(settings: Settings, max_size: int = 4) -> AsyncIterator[procrastinate.App]:
-    job_app = connected(settings, max_size)
-    async with job_app.open_async():
-        yield job_app
+    """The app connected to this process's database (tasks are registered on the module-level app)."""
+    connector = procrastinate.PsycopgConnector(conninfo=settings.libpq_url, min_size=1, max_size=max_size)
+    with app.replace_connector(connector) as job_app:
+        async with job_app.open_async():
+            yield job_app
+
+
+async def _defer(job_app: procrastinate.App, task: str, kind: str, image_id: uuid.UUID) -> None:
+    try:
+        await job_app.configure_task(
+            task, queue=QUEUE, lock=f"image:{image_id}", queueing_lock=f"{kind}:{image_id}"
+        ).defer_async(image_id=str(image_id))
+    except AlreadyEnqueued:
+        pass  # a waiting job will read the image's current state when it runs
+
+
+async def defer_conversion(job_app: procrastinate.App, image_id: uuid.UUID) -> None:
+    await _defer(job_app, CONVERT, "convert", image_id)
+
+
+async def defer_deletion(job_app: procrastinate.App, image_id: uuid.UUID) -> None:
+    await _defer(job_app, DELETE, "delete", image_id)

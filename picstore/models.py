@@ -37,6 +37,8 @@ NAMING = {
 class Base(DeclarativeBase):
     metadata = MetaData(naming_convention=NAMING)
     type_annotation_map = {uuid.UUID: UUID(as_uuid=True), datetime: DateTime(timezone=True)}
+    # Fetch server-side defaults (created/updated) with RETURNING, so rows stay readable after a flush.
+    __mapper_args__ = {"eager_defaults": True}
 
 
 def _created() -> Mapped[datetime]:
@@ -215,6 +217,9 @@ class BaseImage(Base):
     filename: Mapped[str] = mapped_column(Text)
     location: Mapped[str] = mapped_column(Text)
     hash: Mapped[str | None] = mapped_column(Text)
+    # What a presigned upload promised; `complete` checks the stored object against it.
+    upload_sha256: Mapped[str | None] = mapped_column(Text)
+    upload_size: Mapped[int | None] = mapped_column(BigInteger)
     file_size: Mapped[int] = mapped_column(BigInteger, server_default="0")
     format: Mapped[str | None] = mapped_column(Text)
     width: Mapped[int] = mapped_column(Integer, server_default="0")

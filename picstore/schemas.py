@@ -246,3 +246,89 @@ class ErrorBody(Struct):
 
 class ErrorOut(Struct):
     error: ErrorBody
+
+
+# Images
+
+
+class ImageIn(Request):
+    filename: Annotated[str, Meta(min_length=1, max_length=500)]
+    location: Annotated[str, Meta(min_length=1, max_length=500)] | None = None
+    alt_text: Annotated[str, Meta(max_length=5000)] = ""
+    upload_profile_id: Annotated[str, Meta(max_length=200)] | None = None
+
+
+class Created(Struct):
+    id: str
+
+
+class FocalPoint(Struct, forbid_unknown_fields=True):
+    x: Annotated[float, Meta(ge=0, le=1)]
+    y: Annotated[float, Meta(ge=0, le=1)]
+
+
+class ImageUpdate(Request):
+    alt_text: Annotated[str, Meta(max_length=5000)] | None = None
+    focal_point: FocalPoint | None = None
+
+
+class UploadUrlIn(Request):
+    content_length: Annotated[int, Meta(ge=1)]
+    sha256: Annotated[str, Meta(pattern=r"^[0-9a-fA-F]{64}$")]
+    content_type: Annotated[str, Meta(max_length=100, pattern=r"^image/[A-Za-z0-9.+-]+$")] = "application/octet-stream"
+    expires_in: Annotated[int, Meta(ge=60, le=7 * 86400)] = 3600
+
+
+class UploadUrlOut(Struct):
+    method: str
+    url: str
+    headers: dict[str, str]
+    expires_at: datetime
+
+
+class OutputOut(Struct):
+    id: str
+    location: str
+    url: str
+    format: str
+    status: str
+    width: int | None
+    height: int | None
+    density: int
+    file_size: int
+    size_rule: dict[str, Any]
+    reason: str | None
+    updated: datetime
+
+
+class ImageOut(Struct):
+    id: str
+    project_id: str
+    upload_profile_id: str
+    filename: str
+    location: str
+    url: str
+    status: str
+    error: str | None
+    hash: str | None
+    format: str | None
+    file_size: int
+    width: int
+    height: int
+    frames: int
+    has_alpha: bool
+    alt_text: str
+    focal_point: FocalPoint | None
+    placeholder: str | None
+    dominant_color: str | None
+    updated: datetime
+    output: list[OutputOut]
+
+
+class Reconverted(Struct):
+    images: list[str]
+
+
+class ImagePage(Struct):
+    images: list[ImageOut]
+    next_after: str | None

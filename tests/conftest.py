@@ -221,3 +221,75 @@ async def tenant(sessions: async_sessionmaker[AsyncSession]) -> Tenant:
 @pytest.fixture
 async def other_tenant(sessions: async_sessionmaker[AsyncSession]) -> Tenant:
     return await make_tenant(sessions, "other")
+
+
+@pytest.fixture(scope="session")
+def worker(env: dict[str, str]) -> Iterator[Any]:
+    """A real `picstore worker` process on the test database, stopped with SIGTERM at the end."""
+    import subprocess
+    import sys
+
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "picstore", "worker", "--concurrency", "2"], env=env, cwd=ROOT
+    )
+    yield proc
+    proc.terminate()
+    try:
+        proc.wait(timeout=30)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+
+
+TEST_PROFILE = {
+    "type": "cross",
+    "formats": [
+        {"format": "avif", "quality": 50, "effort": 0},
+        {"format": "webp", "quality": 70, "effort": 0},
+        {"format": "jpg", "condition": {"type": "must", "formats": ["jpg", "heic", "tiff"]}},
+        {"format": "png", "condition": {"type": "must", "formats": ["png"]}},
+    ],
+    "sizes": [{"width": 64}, {"width": 160}],
+}
+
+
+async def make_pipeline(
+    client: httpx.AsyncClient, tenant: Tenant, profile: dict[str, Any] | None = None, **limits: Any
+) -> dict[str, Any]:
+    """Local storage + conversion profile + upload profile for the tenant's project, through the API."""
+    h, p = tenant.headers(), tenant.project
+    name = uuid.uuid4().hex[:8]
+    r = await client.post(
+        f"/api/projects/{p}/storage_locations",
+        json={"name": "local", "provider": {"type": "local"}, "base_location": f"t-{name}",
+              "public_url_base": f"http://picstore.test/files/t-{name}"},
+        headers=h,
+    )
+    assert r.status_code == 201, r.text
+    storage_id = r.json()["id"]
+    r = await client.post(
+        f"/api/projects/{p}/conversion_profiles", json={"name": "test", "output": profile or TEST_PROFILE}, headers=h
+    )
+    assert r.status_code == 201, r.text
+    body = {
+        "name": "test", "short_id": f"s{name}", "base_storage_location_id": storage_id,
+        "output_storage_location_id": storage_id, "conversion_profile_id": r.json()["id"],
+        "base_storage_location_path": "orig", "output_storage_location_path": "out",
+        **limits,
+    }
+    r = await client.post(f"/api/projects/{p}/upload_profiles", json=body, headers=h)
+    assert r.status_code == 201, r.text
+    return {"storage_id": storage_id, "upload_profile": r.json()["id"], "short_id": body["short_id"],
+            "storage_dir": f"t-{name}"}
+
+
+async def wait_settled(client: httpx.AsyncClient, tenant: Tenant, image_id: str, timeout: float = 60) -> dict[str, Any]:
+    deadline = asyncio.get_running_loop().time() + timeout
+    while True:
+        r = await client.get(f"/api/images/{image_id}", headers=tenant.headers())
+        assert r.status_code == 200, r.text
+        body: dict[str, Any] = r.json()
+        if body["status"] in ("ready", "failed"):
+            return body
+        if asyncio.get_running_loop().time() > deadline:
+            raise AssertionError(f"image {image_id} still {body['status']} after {timeout} s: {body}")
+        await asyncio.sleep(0.2)

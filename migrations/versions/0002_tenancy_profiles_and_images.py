@@ -159,6 +159,8 @@ def upgrade() -> None:
     sa.Column('filename', sa.Text(), nullable=False),
     sa.Column('location', sa.Text(), nullable=False),
     sa.Column('hash', sa.Text(), nullable=True),
+    sa.Column('upload_sha256', sa.Text(), nullable=True),
+    sa.Column('upload_size', sa.BigInteger(), nullable=True),
     sa.Column('file_size', sa.BigInteger(), server_default='0', nullable=False),
     sa.Column('format', sa.Text(), nullable=True),
     sa.Column('width', sa.Integer(), server_default='0', nullable=False),

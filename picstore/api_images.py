@@ -1,0 +1,235 @@
+"""HTTP handlers for images: create, direct/presigned/quick upload, read, list, update, reconvert, delete.
+
+An upload is checked completely (size, format, header, pixel budget) before any row changes; the
+original is stored before the transaction that records it commits, and the job is deferred after it.
+"""
+
+from __future__ import annotations
+
+import base64
+import uuid
+from typing import Annotated, Any
+
+from litestar import Request, Response, Router, delete, get, post, put
+from litestar.datastructures import State
+from litestar.params import FromPath, FromQuery, JSONBody, Parameter
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from picstore import conversion, errors, ids, images, jobs, models, projects, schemas, storage, uploads
+from picstore.api_admin import EMPTY, Db, Who, path_id
+
+UPLOAD_CEILING = 2**40
+ImageStatus = Annotated[
+    str | None,
+    Parameter(pattern=r"^(awaiting_upload|queued|converting|ready|failed|deleting)$", required=False),
+]
+
+
+def _image_id(text: str) -> uuid.UUID:
+    return path_id(ids.BASE_IMAGE, text, "image")
+
+
+def _announced_size(request: Request[Any, Any, Any], limit: int) -> None:
+    """Refuse at once when Content-Length already says the body is too large."""
+    raw = request.headers.get("content-length")
+    if raw is not None and raw.isdigit() and int(raw) > limit:
+        raise errors.PayloadTooLarge(f"the body is larger than this upload profile's limit of {limit} bytes")
+
+
+async def _store_original(state: State, location: models.StorageLocation, key: str, spooled: uploads.Spooled) -> None:
+    store = await state.stores.for_location(location)
+    await store.put_file(key, spooled.path, conversion.content_type(spooled.header.format))
+
+
+async def _record(db: AsyncSession, caller: Any, state: State, image_id: uuid.UUID, spooled: uploads.Spooled) -> schemas.ImageOut:
+    async with db.begin():
+        image = await images.load(db, caller, image_id, "image:create", lock=True)
+        await images.record_upload(db, image, spooled)
+        result = await images.view(db, image)
+    await jobs.defer_conversion(state.jobs, image_id)
+    return result
+
+
+@post("/images")
+async def create_image(db: Db, caller: Who, data: JSONBody[schemas.ImageIn]) -> schemas.Created:
+    async with db.begin():
+        profile = await images.resolve_profile(db, caller, data.upload_profile_id)
+        image = await images.create(db, caller, profile, data.location or data.filename, data.alt_text)
+        image.filename = data.filename
+        return schemas.Created(id=ids.format_id(ids.BASE_IMAGE, image.id))
+
+
+@post("/images/{image_id:str}/upload", status_code=200, request_max_body_size=UPLOAD_CEILING)
+async def upload(
+    request: Request[Any, Any, Any], db: Db, caller: Who, state: State, image_id: FromPath[str]
+) -> schemas.ImageOut:
+    iid = _image_id(image_id)
+    async with db.begin():
+        image, profile, location = await images.upload_target(db, caller, iid)
+    _announced_size(request, profile.max_bytes)
+    spooled = await uploads.receive(request.stream(), profile)
+    try:
+        await _store_original(state, location, image.location, spooled)
+    finally:
+        spooled.discard()
+    return await _record(db, caller, state, iid, spooled)
+
+
+@post("/images/{image_id:str}/upload_url", status_code=200)
+async def upload_url(
+    db: Db, caller: Who, state: State, image_id: FromPath[str], data: JSONBody[schemas.UploadUrlIn]
+) -> schemas.UploadUrlOut:
+    iid = _image_id(image_id)
+    async with db.begin():
+        image, profile, location = await images.upload_target(db, caller, iid)
+        if data.content_length > profile.max_bytes:
+            raise errors.PayloadTooLarge(f"content_length is over this upload profile's limit of {profile.max_bytes} bytes")
+        store = await state.stores.for_location(location)
+        sha256_b64 = base64.b64encode(bytes.fromhex(data.sha256)).decode()
+        try:
+            signed = await store.presign_put(image.location, data.content_type, data.content_length, sha256_b64, data.expires_in)
+        except storage.PresignUnsupported:
+            raise errors.Conflict(
+                "this upload profile stores originals on local storage, which cannot presign uploads; "
+                "POST the bytes to /api/images/{id}/upload instead"
+            ) from None
+        image.upload_sha256, image.upload_size = data.sha256.lower(), data.content_length
+    return schemas.UploadUrlOut(method=signed.method, url=signed.url, headers=signed.headers, expires_at=signed.expires_at)
+
+
+@post("/images/{image_id:str}/complete", status_code=200)
+async def complete(db: Db, caller: Who, state: State, image_id: FromPath[str]) -> schemas.ImageOut:
+    iid = _image_id(image_id)
+    async with db.begin():
+        image, profile, location = await images.upload_target(db, caller, iid)
+    if image.upload_sha256 is None:
+        raise errors.Conflict("no upload is pending: ask for an upload_url first")
+    store = await state.stores.for_location(location)
+    try:
+        path, size, sha256 = await uploads.fetch(store, image.location)
+    except storage.ObjectMissing:
+        raise errors.Conflict("nothing has been uploaded to the upload_url yet") from None
+    try:
+        if (sha256, size) != (image.upload_sha256, image.upload_size):
+            raise errors.Invalid(
+                f"the stored object ({size} bytes, sha256 {sha256}) does not match the declared upload "
+                f"({image.upload_size} bytes, sha256 {image.upload_sha256})"
+            )
+        if size > profile.max_bytes:
+            raise errors.PayloadTooLarge(f"the object is larger than this upload profile's limit of {profile.max_bytes} bytes")
+        spooled = await uploads.inspect(path, size, sha256, profile)
+    except errors.PicstoreError:
+        uploads.discard(path)
+        await store.delete(image.location)
+        raise
+    spooled.discard()
+    return await _record(db, caller, state, iid, spooled)
+
+
+@post("/projects/{project_id:str}/quick_upload", status_code=201, request_max_body_size=UPLOAD_CEILING)
+async def quick_upload(
+    request: Request[Any, Any, Any], db: Db, caller: Who, state: State, project_id: FromPath[str],
+    filename: FromQuery[Annotated[str, Parameter(min_length=1, max_length=500)]] = "image",
+    upload_profile: FromQuery[Annotated[str | None, Parameter(max_length=200)]] = None,
+    alt_text: FromQuery[Annotated[str, Parameter(max_length=5000)]] = "",
+    location: FromQuery[Annotated[str | None, Parameter(max_length=500)]] = None,
+    dedupe: FromQuery[bool] = True,
+) -> Response[schemas.ImageOut]:
+    """Create and upload in one request; the same bytes through the same profile return the existing image."""
+    pid = path_id(ids.PROJECT, project_id, "project")
+    async with db.begin():
+        await projects.require_live(db, caller, pid)
+        profile = await images.resolve_profile(db, caller, upload_profile, pid)
+        target = await db.get_one(models.StorageLocation, profile.base_storage_location_id)
+    _announced_size(request, profile.max_bytes)
+    spooled = await uploads.receive(request.stream(), profile)
+    image_id = ids.new_uuid()
+    try:
+        async with db.begin():
+            existing = await images.find_duplicate(db, pid, profile.id, spooled.sha256) if dedupe else None
+            if existing is not None:
+                return Response(await images.view(db, existing), status_code=200)
+            image = await images.create(db, caller, profile, location or filename, alt_text, image_id)
+            image.filename = filename
+            await _store_original(state, target, image.location, spooled)
+            await images.record_upload(db, image, spooled)
+            result = await images.view(db, image)
+    finally:
+        spooled.discard()
+    await jobs.defer_conversion(state.jobs, image_id)
+    return Response(result, status_code=201)
+
+
+@get("/images/{image_id:str}")
+async def get_image(db: Db, caller: Who, image_id: FromPath[str]) -> schemas.ImageOut:
+    async with db.begin():
+        return await images.view(db, await images.load(db, caller, _image_id(image_id), "project:read"))
+
+
+@get("/image_by_hash/{sha256:str}")
+async def image_by_hash(db: Db, caller: Who, sha256: FromPath[str]) -> schemas.ImageOut:
+    if len(sha256) != 64 or any(c not in "0123456789abcdefABCDEF" for c in sha256):
+        raise errors.BadRequest("the hash must be 64 hex characters (SHA-256)")
+    async with db.begin():
+        return await images.view(db, await images.by_hash(db, caller, sha256))
+
+
+@get("/projects/{project_id:str}/images")
+async def list_images(
+    db: Db, caller: Who, project_id: FromPath[str],
+    limit: FromQuery[Annotated[int, Parameter(ge=1, le=100)]] = 50,
+    after: FromQuery[Annotated[str | None, Parameter(max_length=100)]] = None,
+    status: FromQuery[ImageStatus] = None,
+    upload_profile: FromQuery[Annotated[str | None, Parameter(max_length=100)]] = None,
+) -> schemas.ImagePage:
+    pid = path_id(ids.PROJECT, project_id, "project")
+    after_id = None if after is None else path_id(ids.BASE_IMAGE, after, "image")
+    profile_id = None if upload_profile is None else path_id(ids.UPLOAD_PROFILE, upload_profile, "upload profile")
+    async with db.begin():
+        await projects.require_live(db, caller, pid)
+        found = await images.list_images(db, caller, pid, limit, after_id, status, profile_id)
+        page = await images.views(db, found)
+    next_after = page[-1].id if len(page) == limit else None
+    return schemas.ImagePage(images=page, next_after=next_after)
+
+
+@put("/images/{image_id:str}")
+async def update_image(
+    db: Db, caller: Who, state: State, image_id: FromPath[str], data: JSONBody[schemas.ImageUpdate]
+) -> schemas.ImageOut:
+    iid = _image_id(image_id)
+    focal = None if data.focal_point is None else (data.focal_point.x, data.focal_point.y)
+    async with db.begin():
+        image, replanned = await images.update_info(db, caller, iid, data.alt_text, focal)
+        result = await images.view(db, image)
+    if replanned:
+        await jobs.defer_conversion(state.jobs, iid)
+    return result
+
+
+@post("/images/{image_id:str}/reconvert", status_code=200)
+async def reconvert(db: Db, caller: Who, state: State, image_id: FromPath[str]) -> schemas.Reconverted:
+    iid = _image_id(image_id)
+    async with db.begin():
+        queued = await images.reconvert(db, caller, iid)
+    if queued:
+        await jobs.defer_conversion(state.jobs, iid)
+    return schemas.Reconverted(images=[ids.format_id(ids.OUTPUT_IMAGE, o) for o in queued])
+
+
+@delete("/images/{image_id:str}", status_code=202)
+async def delete_image(db: Db, caller: Who, state: State, image_id: FromPath[str]) -> schemas.Empty:
+    iid = _image_id(image_id)
+    async with db.begin():
+        await images.mark_deleting(db, caller, iid)
+    await jobs.defer_deletion(state.jobs, iid)
+    return EMPTY
+
+
+router = Router(
+    path="/",
+    route_handlers=[
+        create_image, upload, upload_url, complete, quick_upload, get_image, image_by_hash, list_images,
+        update_image, reconvert, delete_image,
+    ],
+)
