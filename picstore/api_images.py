@@ -10,12 +10,12 @@ import base64
 import uuid
 from typing import Annotated, Any
 
-from litestar import Request, Response, Router, delete, get, post, put
+from litestar import MediaType, Request, Response, Router, delete, get, post, put
 from litestar.datastructures import State
 from litestar.params import FromPath, FromQuery, JSONBody, Parameter
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from picstore import conversion, errors, ids, images, jobs, models, projects, schemas, storage, uploads
+from picstore import conversion, errors, ids, images, jobs, models, picture, projects, schemas, storage, uploads
 from picstore.api_admin import EMPTY, Db, Who, path_id
 
 UPLOAD_CEILING = 2**40
@@ -226,10 +226,42 @@ async def delete_image(db: Db, caller: Who, state: State, image_id: FromPath[str
     return EMPTY
 
 
+def _picture_out(pic: picture.Picture) -> schemas.PictureOut:
+    def cands(items: list[picture.Candidate]) -> list[schemas.CandidateOut]:
+        return [schemas.CandidateOut(c.url, c.width, c.height, c.descriptor) for c in items]
+
+    i = pic.img
+    return schemas.PictureOut(
+        sources=[schemas.SourceOut(s.type, s.srcset, s.sizes, cands(s.candidates)) for s in pic.sources],
+        img=schemas.ImgOut(i.src, i.srcset, i.sizes, i.width, i.height, i.alt, i.format, cands(i.candidates)),
+        placeholder=pic.placeholder,
+        html=picture.render(pic),
+    )
+
+
+@get("/images/{image_id:str}/picture", media_type=MediaType.HTML)
+async def get_picture(
+    db: Db, caller: Who, image_id: FromPath[str],
+    format: FromQuery[Annotated[str, Parameter(pattern="^(html|json)$")]] = "html",
+    sizes: FromQuery[Annotated[str | None, Parameter(max_length=1000)]] = None,
+    class_: Annotated[str | None, Parameter(query="class", max_length=200)] = None,
+    slot: FromQuery[Annotated[str | None, Parameter(max_length=100)]] = None,
+    fallback: FromQuery[Annotated[str | None, Parameter(pattern="^original$")]] = None,
+    placeholder: FromQuery[bool] = False,
+) -> Response[Any]:
+    """A `<picture>` tag (or, with ?format=json, the same as data) from the ready outputs."""
+    async with db.begin():
+        original, outputs = await images.picture_inputs(db, caller, _image_id(image_id), fallback == "original")
+    pic = picture.build(original, outputs, sizes=sizes, class_=class_, slot=slot, placeholder=placeholder)
+    if format == "json":
+        return Response(_picture_out(pic), media_type=MediaType.JSON)
+    return Response(picture.render(pic), media_type=MediaType.HTML)
+
+
 router = Router(
     path="/",
     route_handlers=[
         create_image, upload, upload_url, complete, quick_upload, get_image, image_by_hash, list_images,
-        update_image, reconvert, delete_image,
+        update_image, reconvert, delete_image, get_picture,
     ],
 )

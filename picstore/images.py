@@ -13,7 +13,7 @@ from datetime import UTC, datetime
 from sqlalchemy import func, select, text
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from picstore import conversion, db, errors, ids, models, paths, schemas
+from picstore import conversion, db, errors, ids, models, paths, picture, schemas
 from picstore.auth import Caller
 from picstore.uploads import Spooled
 
@@ -182,6 +182,7 @@ def _new_output(
             "quality": plan.quality, "effort": plan.effort, "lossless": plan.lossless, "width": plan.width,
             "height": plan.height, "fit": plan.fit, "crop": plan.crop, "focal": plan.focal,
             "animated": plan.animated, "label": plan.label,
+            "family": plan.label.split("@")[0],
         },
         density=plan.density,
         width=plan.width if plan.status == "skipped" else None,
@@ -362,3 +363,34 @@ async def views(session: AsyncSession, found: list[models.BaseImage]) -> list[sc
 
 async def view(session: AsyncSession, image: models.BaseImage) -> schemas.ImageOut:
     return (await views(session, [image]))[0]
+
+
+async def picture_inputs(
+    session: AsyncSession, caller: Caller, image_id: uuid.UUID, allow_original: bool
+) -> tuple[picture.Original, list[picture.Output]]:
+    """What a `<picture>` is made of: only ready outputs. 409 while none is ready, unless the original will do."""
+    image = await load(session, caller, image_id, "project:read")
+    outputs = [o for o in await outputs_of(session, [image.id]) if o.status == "ready"]
+    if not outputs and not (allow_original and image.format is not None):
+        raise errors.Conflict(f"no outputs are ready yet; the image is {image.status}")
+    bases = await url_bases(session, {image.storage_location_id} | {o.storage_location_id for o in outputs})
+    original = picture.Original(
+        url=paths.public_url(bases[image.storage_location_id], image.location),
+        format=image.format or "",
+        width=image.width,
+        height=image.height,
+        alt=image.alt_text,
+        dominant_color=image.dominant_color,
+        placeholder=image.placeholder,
+    )
+    return original, [
+        picture.Output(
+            format=o.format,
+            url=paths.public_url(bases[o.storage_location_id], o.location),
+            width=o.width or 0,
+            height=o.height or 0,
+            density=o.density,
+            label=o.params.get("family") or o.params.get("label", ""),
+        )
+        for o in outputs
+    ]

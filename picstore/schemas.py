@@ -332,3 +332,37 @@ class Reconverted(Struct):
 class ImagePage(Struct):
     images: list[ImageOut]
     next_after: str | None
+
+
+class CandidateOut(Struct):
+    url: str
+    width: int
+    height: int
+    descriptor: str
+
+
+class SourceOut(Struct):
+    type: str
+    srcset: str
+    sizes: str | None
+    candidates: list[CandidateOut]
+
+
+class ImgOut(Struct):
+    src: str
+    srcset: str | None
+    sizes: str | None
+    width: int
+    height: int
+    alt: str
+    format: str
+    candidates: list[CandidateOut]
+    loading: str = "lazy"
+    decoding: str = "async"
+
+
+class PictureOut(Struct):
+    sources: list[SourceOut]
+    img: ImgOut
+    placeholder: dict[str, str | None]
+    html: str
