@@ -7,6 +7,7 @@ original is stored before the transaction that records it commits, and the job i
 from __future__ import annotations
 
 import base64
+import logging
 import uuid
 from typing import Annotated, Any
 
@@ -18,7 +19,11 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from picstore import conversion, errors, ids, images, jobs, models, picture, projects, schemas, storage, uploads
 from picstore.api_admin import EMPTY, Db, Who, path_id
 
+log = logging.getLogger("picstore.api")
+
 UPLOAD_CEILING = 2**40
+# Originals are stored under content-versioned keys too, so they never change either.
+CACHE_CONTROL = "public, max-age=31536000, immutable"
 ImageStatus = Annotated[
     str | None,
     Parameter(pattern=r"^(awaiting_upload|queued|converting|ready|failed|deleting)$", required=False),
@@ -36,17 +41,31 @@ def _announced_size(request: Request[Any, Any, Any], limit: int) -> None:
         raise errors.PayloadTooLarge(f"the body is larger than this upload profile's limit of {limit} bytes")
 
 
-async def _store_original(state: State, location: models.StorageLocation, key: str, spooled: uploads.Spooled) -> None:
-    store = await state.stores.for_location(location)
-    await store.put_file(key, spooled.path, conversion.content_type(spooled.header.format))
+async def _store_original(store: storage.Storage, image: models.BaseImage, spooled: uploads.Spooled) -> None:
+    key = images.original_key(image, spooled.sha256)
+    await store.put_file(key, spooled.path, conversion.content_type(spooled.header.format), CACHE_CONTROL)
 
 
-async def _record(db: AsyncSession, caller: Any, state: State, image_id: uuid.UUID, spooled: uploads.Spooled) -> schemas.ImageOut:
+async def _delete_replaced(store: storage.Storage, key: str | None) -> None:
+    """Best effort: a leftover replaced original wastes space but is never served."""
+    if key is None:
+        return
+    try:
+        await store.delete(key)
+    except storage.StorageError as exc:
+        log.warning("could not delete replaced original %s: %s", key, exc)
+
+
+async def _record(
+    db: AsyncSession, caller: Any, state: State, store: storage.Storage, image_id: uuid.UUID,
+    spooled: uploads.Spooled,
+) -> schemas.ImageOut:
     async with db.begin():
         image = await images.load(db, caller, image_id, "image:create", lock=True)
-        await images.record_upload(db, image, spooled)
+        replaced = await images.record_upload(db, image, spooled)
         result = await images.view(db, image)
     await jobs.defer_conversion(state.jobs, image_id)
+    await _delete_replaced(store, replaced)
     return result
 
 
@@ -54,8 +73,9 @@ async def _record(db: AsyncSession, caller: Any, state: State, image_id: uuid.UU
 async def create_image(db: Db, caller: Who, data: JSONBody[schemas.ImageIn]) -> schemas.Created:
     async with db.begin():
         profile = await images.resolve_profile(db, caller, data.upload_profile_id)
-        image = await images.create(db, caller, profile, data.location or data.filename, data.alt_text)
-        image.filename = data.filename
+        project = await db.get_one(models.Project, profile.project_id)
+        image = images.new_image(caller, project, profile, data.filename, data.location or data.filename, data.alt_text)
+        await images.insert(db, image)
         return schemas.Created(id=ids.format_id(ids.BASE_IMAGE, image.id))
 
 
@@ -68,11 +88,12 @@ async def upload(
         image, profile, location = await images.upload_target(db, caller, iid)
     _announced_size(request, profile.max_bytes)
     spooled = await uploads.receive(request.stream(), profile)
+    store = await state.stores.for_location(location)
     try:
-        await _store_original(state, location, image.location, spooled)
+        await _store_original(store, image, spooled)
     finally:
         spooled.discard()
-    return await _record(db, caller, state, iid, spooled)
+    return await _record(db, caller, state, store, iid, spooled)
 
 
 @post("/images/{image_id:str}/upload_url", status_code=200)
@@ -87,7 +108,8 @@ async def upload_url(
         store = await state.stores.for_location(location)
         sha256_b64 = base64.b64encode(bytes.fromhex(data.sha256)).decode()
         try:
-            signed = await store.presign_put(image.location, data.content_type, data.content_length, sha256_b64, data.expires_in)
+            signed = await store.presign_put(
+                images.original_key(image, data.sha256.lower()), data.content_type, data.content_length, sha256_b64, data.expires_in)
         except storage.PresignUnsupported:
             raise errors.Conflict(
                 "this upload profile stores originals on local storage, which cannot presign uploads; "
@@ -106,7 +128,7 @@ async def complete(db: Db, caller: Who, state: State, image_id: FromPath[str]) -
         raise errors.Conflict("no upload is pending: ask for an upload_url first")
     store = await state.stores.for_location(location)
     try:
-        path, size, sha256 = await uploads.fetch(store, image.location)
+        path, size, sha256 = await uploads.fetch(store, images.original_key(image, image.upload_sha256))
     except storage.ObjectMissing:
         raise errors.Conflict("nothing has been uploaded to the upload_url yet") from None
     try:
@@ -120,10 +142,10 @@ async def complete(db: Db, caller: Who, state: State, image_id: FromPath[str]) -
         spooled = await uploads.inspect(path, size, sha256, profile)
     except errors.PicstoreError:
         uploads.discard(path)
-        await store.delete(image.location)
+        await store.delete(images.original_key(image, image.upload_sha256))
         raise
     spooled.discard()
-    return await _record(db, caller, state, iid, spooled)
+    return await _record(db, caller, state, store, iid, spooled)
 
 
 @post("/projects/{project_id:str}/quick_upload", status_code=201, request_max_body_size=UPLOAD_CEILING)
@@ -135,28 +157,56 @@ async def quick_upload(
     location: FromQuery[Annotated[str | None, Parameter(max_length=500)]] = None,
     dedupe: FromQuery[bool] = True,
 ) -> Response[schemas.ImageOut]:
-    """Create and upload in one request; the same bytes through the same profile return the existing image."""
+    """Create and upload in one request; the same bytes through the same profile return the existing image.
+
+    No transaction is held while the body streams or the original is stored.
+    """
     pid = path_id(ids.PROJECT, project_id, "project")
     async with db.begin():
         await projects.require_live(db, caller, pid)
         profile = await images.resolve_profile(db, caller, upload_profile, pid)
+        project = await db.get_one(models.Project, pid)
         target = await db.get_one(models.StorageLocation, profile.base_storage_location_id)
+    image = images.new_image(caller, project, profile, filename, location or filename, alt_text)
     _announced_size(request, profile.max_bytes)
     spooled = await uploads.receive(request.stream(), profile)
-    image_id = ids.new_uuid()
     try:
-        async with db.begin():
-            existing = await images.find_duplicate(db, pid, profile.id, spooled.sha256) if dedupe else None
-            if existing is not None:
-                return Response(await images.view(db, existing), status_code=200)
-            image = await images.create(db, caller, profile, location or filename, alt_text, image_id)
-            image.filename = filename
-            await _store_original(state, target, image.location, spooled)
-            await images.record_upload(db, image, spooled)
-            result = await images.view(db, image)
+        if dedupe and (existing := await _duplicate(db, pid, profile.id, spooled.sha256, lock=False)):
+            return Response(existing, status_code=200)
+        store = await state.stores.for_location(target)
+        await _store_original(store, image, spooled)
     finally:
         spooled.discard()
-    await jobs.defer_conversion(state.jobs, image_id)
+    return await _insert_quick(db, caller, state, store, image, spooled, dedupe)
+
+
+async def _duplicate(
+    db: AsyncSession, project_id: uuid.UUID, profile_id: uuid.UUID, sha256: str, lock: bool
+) -> schemas.ImageOut | None:
+    async with db.begin():
+        found = await images.find_duplicate(db, project_id, profile_id, sha256, lock)
+        return None if found is None else await images.view(db, found)
+
+
+async def _insert_quick(
+    db: AsyncSession, caller: Any, state: State, store: storage.Storage, planned: models.BaseImage,
+    spooled: uploads.Spooled, dedupe: bool,
+) -> Response[schemas.ImageOut]:
+    async with db.begin():
+        existing = (
+            await images.find_duplicate(db, planned.project_id, planned.upload_profile_id, spooled.sha256, lock=True)
+            if dedupe
+            else None
+        )
+        if existing is None:
+            image = await images.insert(db, planned)
+            await images.record_upload(db, image, spooled)
+        result = await images.view(db, existing or image)
+    if existing is not None:
+        # A concurrent identical upload won the race; ours is a second copy of the same bytes.
+        await _delete_replaced(store, images.original_key(planned, spooled.sha256))
+        return Response(result, status_code=200)
+    await jobs.defer_conversion(state.jobs, planned.id)
     return Response(result, status_code=201)
 
 

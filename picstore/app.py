@@ -9,7 +9,7 @@ from contextlib import asynccontextmanager
 from typing import Any
 
 from litestar import Litestar, MediaType, Request, Response, Router, get
-from litestar.datastructures import State
+from litestar.datastructures import CacheControlHeader, State
 from litestar.di import NamedDependency, Provide
 from litestar.exceptions import HTTPException, ValidationException
 from litestar.openapi import OpenAPIConfig
@@ -150,7 +150,12 @@ def create_app(settings: Settings | None = None) -> Litestar:
     files_root = settings.local_storage_roots[0] if settings.local_storage_roots else None
     if files_root:
         os.makedirs(files_root, exist_ok=True)
-        handlers.append(create_static_files_router(path="/files", directories=[files_root], send_as_attachment=False))
+        handlers.append(create_static_files_router(
+                path="/files",
+                directories=[files_root],
+                # Every stored object has a content-versioned name, so it never changes.
+                cache_control=CacheControlHeader(public=True, max_age=31536000, immutable=True),
+            ))
     return Litestar(
         route_handlers=handlers,
         dependencies={"settings": Provide(lambda: settings, use_cache=True, sync_to_thread=False)},

@@ -51,13 +51,13 @@ def original_location(project: models.Project, profile: models.UploadProfile, im
     return paths.join(project.base_location, profile.base_storage_location_path, name)
 
 
-async def create(
-    session: AsyncSession, caller: Caller, profile: models.UploadProfile, filename: str, alt_text: str,
-    image_id: uuid.UUID | None = None,
+def new_image(
+    caller: Caller, project: models.Project, profile: models.UploadProfile, filename: str, name: str,
+    alt_text: str,
 ) -> models.BaseImage:
-    project = await session.get_one(models.Project, profile.project_id)
-    image_id = image_id or ids.new_uuid()
-    image = models.BaseImage(
+    """A base image row, not yet added: `name` (Pic Store's `location`) names the stored original."""
+    image_id = ids.new_uuid()
+    return models.BaseImage(
         id=image_id,
         team_id=caller.team_id,
         project_id=profile.project_id,
@@ -65,10 +65,17 @@ async def create(
         upload_profile_id=profile.id,
         storage_location_id=profile.base_storage_location_id,
         filename=filename,
-        location=original_location(project, profile, image_id, filename),
+        location=original_location(project, profile, image_id, name),
         status="awaiting_upload",
         alt_text=alt_text,
+        hash=None,
+        format=None,
+        focal_x=None,
+        focal_y=None,
     )
+
+
+async def insert(session: AsyncSession, image: models.BaseImage) -> models.BaseImage:
     session.add(image)
     await session.flush()
     return image
@@ -115,8 +122,18 @@ def facts(image: models.BaseImage) -> conversion.ImageFacts:
     )
 
 
-async def record_upload(session: AsyncSession, image: models.BaseImage, spooled: Spooled) -> None:
-    """The original is stored: take its facts, re-plan the outputs and queue the image."""
+def original_key(image: models.BaseImage, sha256: str | None = None) -> str:
+    """Where the original with this hash (default: the current one) is stored."""
+    sha256 = sha256 or image.hash
+    return paths.versioned(image.location, sha256) if sha256 else image.location
+
+
+async def record_upload(session: AsyncSession, image: models.BaseImage, spooled: Spooled) -> str | None:
+    """The original is stored: take its facts, re-plan the outputs and queue the image.
+
+    Returns the key of the original it replaces, for the caller to delete after the commit.
+    """
+    replaced = original_key(image) if image.hash and image.hash != spooled.sha256 else None
     header = spooled.header
     image.hash = spooled.sha256
     image.file_size = spooled.size
@@ -125,6 +142,7 @@ async def record_upload(session: AsyncSession, image: models.BaseImage, spooled:
     image.upload_sha256 = image.upload_size = None
     image.error = None
     await replan(session, image)
+    return replaced
 
 
 async def replan(session: AsyncSession, image: models.BaseImage) -> list[uuid.UUID]:
@@ -193,13 +211,15 @@ def _new_output(
 
 
 async def find_duplicate(
-    session: AsyncSession, project_id: uuid.UUID, profile_id: uuid.UUID, sha256: str
+    session: AsyncSession, project_id: uuid.UUID, profile_id: uuid.UUID, sha256: str, lock: bool
 ) -> models.BaseImage | None:
-    """The same bytes already uploaded through the same profile; serialised per hash by an advisory lock
-    so two concurrent identical quick_uploads cannot both create an image."""
-    await session.execute(
-        text("SELECT pg_advisory_xact_lock(hashtextextended(:k, 0))"), {"k": f"{project_id}:{profile_id}:{sha256}"}
-    )
+    """The same bytes already uploaded through the same profile. With lock, concurrent identical uploads
+    are serialised by a transaction-scoped advisory lock, so they cannot both create an image."""
+    if lock:
+        await session.execute(
+            text("SELECT pg_advisory_xact_lock(hashtextextended(:k, 0))"),
+            {"k": f"{project_id}:{profile_id}:{sha256}"},
+        )
     found: models.BaseImage | None = await session.scalar(
         select(models.BaseImage)
         .where(
@@ -331,8 +351,8 @@ def _image_view(
         project_id=ids.format_id(ids.PROJECT, image.project_id),
         upload_profile_id=ids.format_id(ids.UPLOAD_PROFILE, image.upload_profile_id),
         filename=image.filename,
-        location=image.location,
-        url=paths.public_url(bases[image.storage_location_id], image.location),
+        location=original_key(image),
+        url=paths.public_url(bases[image.storage_location_id], original_key(image)),
         status=image.status,
         error=image.error,
         hash=image.hash,
@@ -375,7 +395,7 @@ async def picture_inputs(
         raise errors.Conflict(f"no outputs are ready yet; the image is {image.status}")
     bases = await url_bases(session, {image.storage_location_id} | {o.storage_location_id for o in outputs})
     original = picture.Original(
-        url=paths.public_url(bases[image.storage_location_id], image.location),
+        url=paths.public_url(bases[image.storage_location_id], original_key(image)),
         format=image.format or "",
         width=image.width,
         height=image.height,

@@ -26,7 +26,6 @@ pyvips.cache_set_max(0)
 # Keeps script-capable and exotic loaders (SVG, PPM, FITS, ...) out of reach of uploaded bytes.
 pyvips.block_untrusted_set(True)
 
-FORMATS = ("jpg", "png", "gif", "webp", "avif", "heic", "tiff", "svg")
 OUTPUT_FORMATS = ("jpg", "png", "webp", "avif", "gif")
 FITS = ("contain", "cover", "fill")
 CROPS = ("focal", "attention")
@@ -50,15 +49,15 @@ _HEIF_ERRORS = (ValueError, EOFError, SyntaxError, RuntimeError, OSError)
 
 # The root element must be reached within the first KiBs; only an XML declaration, comments
 # and a doctype may precede it (anything else, e.g. HTML with inline SVG, is not an SVG file).
-# (Each alternative starts differently and consumes at least one byte, so matching stays linear.)
+# These patterns see untrusted bytes, so each is written to match in one way only (a comment
+# cannot contain "-->", names are possessive): no catastrophic backtracking.
 _SVG_PROLOGUE = re.compile(
-    rb"\A(?:\xef\xbb\xbf)?(?:\s|<\?xml[^>]*>|<!--.*?-->|<!DOCTYPE[^>\[]*>)*<svg(?=[\s>])", re.DOTALL
+    rb"\A(?:\xef\xbb\xbf)?(?:\s|<\?xml[^>]*>|<!--(?:(?!-->).)*-->|<!DOCTYPE[^>\[]*>)*<svg(?=[\s>])", re.DOTALL
 )
 _SVG_READ_BYTES = 65536
 # The rest of the root start tag; quoted attribute values may contain ">".
 _SVG_ROOT_REST = re.compile(rb"""((?:[^>"']|"[^"]*"|'[^']*')*)>""")
-_XML_ATTRIBUTE = re.compile(rb"""([\w:.-]+)\s*=\s*(?:"([^"]*)"|'([^']*)')""")
-_SVG_PIXELS = re.compile(r"\s*([0-9]*\.?[0-9]+(?:[eE][+-]?[0-9]+)?)\s*(?:px)?\s*")
+_XML_ATTRIBUTE = re.compile(rb"""(?<![\w:.-])([\w:.-]++)\s*+=\s*+(?:"([^"]*)"|'([^']*)')""")
 
 # Summary: side of the thumbnail the placeholder and dominant colour are computed from.
 _TINY = 32
@@ -183,12 +182,16 @@ def _sniff_heif(head: bytes) -> str | None:
 
 
 def read_header(path: str) -> Header:
-    """Read format, upright size, frames and alpha from ``path`` without decoding pixels."""
+    """Read format, upright size, frames and alpha from ``path`` without decoding pixels.
+
+    Raises UnknownFormat when no magic number matches, CorruptImage when the header is unreadable.
+    No pixel budget is enforced here: the caller compares width * height * frames to its limit.
+    """
     with open(path, "rb") as file:
         head = file.read(SNIFF_BYTES)
     fmt = sniff_format(head)
     if fmt is None:
-        raise UnknownFormat("not an image format picstore reads")
+        raise UnknownFormat("its first bytes match no image format picstore reads")
     if fmt == "svg":
         return _svg_header(path)
     if fmt == "heic":
@@ -230,7 +233,11 @@ def _svg_header(path: str) -> Header:
     root = _SVG_ROOT_REST.match(data, prologue.end()) if prologue else None
     if root is None:
         raise CorruptImage("cannot find the end of the svg root element")
-    attributes = {m[1].decode(): (m[2] or m[3] or b"").decode() for m in _XML_ATTRIBUTE.finditer(root[1])}
+    # latin-1 decodes any byte; the attributes that matter are ASCII numbers anyway.
+    attributes = {
+        m[1].decode("latin-1"): (m[2] or m[3] or b"").decode("latin-1")
+        for m in _XML_ATTRIBUTE.finditer(root[1])
+    }
     size = _svg_size(attributes)
     if size is None:
         raise CorruptImage("svg has no usable width/height or viewBox")
@@ -256,8 +263,12 @@ def _svg_size(attributes: dict[str, str]) -> tuple[int, int] | None:
 
 
 def _svg_pixels(value: str | None) -> float | None:
-    match = _SVG_PIXELS.fullmatch(value or "")
-    return float(match[1]) if match else None
+    """A positive length in px (or unitless); None for other units, percentages and junk."""
+    try:
+        number = float((value or "").strip().removesuffix("px"))
+    except ValueError:
+        return None
+    return number if math.isfinite(number) and number > 0 else None
 
 
 # --- render --------------------------------------------------------------------------------------
@@ -323,7 +334,7 @@ def _decode(path: str, header: Header, width: int, animate: bool) -> pyvips.Imag
 
 def _decode_vips(path: str, width: int, animate: bool) -> pyvips.Image:
     """Shrink-on-load decode of every format but HEIC; lazy until materialised."""
-    header = pyvips.Image.new_from_source(pyvips.Source.new_from_file(path), "")  # lazy: header only
+    probe = pyvips.Image.new_from_source(pyvips.Source.new_from_file(path), "")  # lazy: header only
     # fail_on only reaches the loader through option_string (ignored as a thumbnail kwarg,
     # libvips #5195); n=-1 stacks all frames, and is rejected by single-page loaders.
     options = "n=-1,fail_on=truncated" if animate else "fail_on=truncated"
@@ -333,7 +344,7 @@ def _decode_vips(path: str, width: int, animate: bool) -> pyvips.Image:
         height=_UNBOUNDED,
         size="down",
         option_string=options,
-        **_colour_management(header),
+        **_colour_management(probe),
     )
 
 
@@ -506,7 +517,7 @@ def _dominant_color(rgb: bytes) -> str:
 def _blurhash(rgb: bytes, width: int, height: int) -> str:
     """BlurHash (https://blurha.sh) of packed 8-bit sRGB pixels, 4x3 components."""
     linear = [_SRGB_TO_LINEAR[v] for v in rgb]
-    factors = []
+    factors: list[tuple[float, float, float]] = []
     for j in range(_BLURHASH_Y):
         cos_y = [math.cos(math.pi * j * y / height) for y in range(height)]
         for i in range(_BLURHASH_X):
@@ -559,8 +570,8 @@ def _field(image: pyvips.Image, name: str, default: int) -> int:
 
 def _vips_reason(error: pyvips.Error) -> str:
     # libvips' error log is process-wide and can still hold warnings from earlier loads (even in
-    # other threads) ahead of this failure's own lines, so the newest distinct line is the one
-    # that describes it.
+    # other threads) ahead of this failure's own lines, so the newest line is the one that
+    # describes it.
     lines = [line.strip() for line in error.detail.splitlines() if line.strip()]
     return _one_line(lines[-1] if lines else error.message)
 

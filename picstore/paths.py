@@ -33,5 +33,16 @@ def join(*parts: str | None) -> str:
     return "/".join(p.strip("/") for p in parts if p and p.strip("/"))
 
 
+def versioned(location: str, sha256: str) -> str:
+    """`dir/photo-ID.jpg` → `dir/photo-ID-<first 10 hex of the hash>.jpg`: a replaced original gets a new
+    key, so every stored object is immutable and CDN-cacheable forever."""
+    directory, _, name = location.rpartition("/")
+    stem, dot, ext = name.rpartition(".")
+    if not dot:
+        stem, ext = name, ""
+    versioned_name = f"{stem}-{sha256[:10]}" + (f".{ext}" if ext else "")
+    return f"{directory}/{versioned_name}" if directory else versioned_name
+
+
 def public_url(base: str, location: str) -> str:
     return base.rstrip("/") + "/" + quote(location.lstrip("/"))

@@ -25,7 +25,7 @@ from sqlalchemy import delete, select, text, update
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from picstore import conversion, db, imaging, jobs, models, sealing, storage, stores
+from picstore import conversion, db, images, imaging, jobs, models, sealing, storage, stores
 from picstore.settings import Settings
 
 log = logging.getLogger("picstore.worker")
@@ -153,7 +153,7 @@ async def _render_and_store(res: Resources, work: _Work) -> tuple[imaging.Summar
     """None when the original changed under us (a replacement upload): its own job will redo the work."""
     base_store = await res.stores.for_location(work.base)
     with _temp_path() as path:
-        await base_store.get_to_file(work.image.location, path)
+        await base_store.get_to_file(images.original_key(work.image), path)
         if await anyio.to_thread.run_sync(_sha256_of, path) != work.image.hash:
             return None
         started = time.perf_counter()
@@ -247,7 +247,7 @@ async def delete_image(context: JobContext, image_id: str) -> None:
             for loc in await session.scalars(select(models.StorageLocation).where(models.StorageLocation.id.in_(ids)))
         }
     for location_id, key in [(o.storage_location_id, o.location) for o in outputs] + [
-        (image.storage_location_id, image.location)
+        (image.storage_location_id, images.original_key(image))
     ]:
         await (await res.stores.for_location(locations[location_id])).delete(key)
     async with res.sessions() as session, session.begin():
