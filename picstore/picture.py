@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 SOURCE_ORDER = ("avif", "webp")
 FALLBACK_ORDER = ("jpg", "png", "gif")
 MIME = {"avif": "image/avif", "webp": "image/webp", "jpg": "image/jpeg", "png": "image/png", "gif": "image/gif"}
+BROWSER_FORMATS = frozenset({"jpg", "png", "gif", "webp", "avif"})
 PREFERRED_SRC_WIDTH = 800
 
 
@@ -107,9 +108,14 @@ def _src(candidates: list[Candidate]) -> Candidate:
 
 
 def _fallback_format(by_format: dict[str, list[Output]], original: Original) -> str | None:
+    """The `<img>`'s format: JPEG/PNG/GIF outputs, else the original if browsers show it, else WebP
+    (a HEIC or TIFF original would be a broken image in most browsers)."""
     if original.format in by_format and original.format in FALLBACK_ORDER:
         return original.format
-    return next((f for f in FALLBACK_ORDER if f in by_format), None)
+    found = next((f for f in FALLBACK_ORDER if f in by_format), None)
+    if found is None and original.format not in BROWSER_FORMATS and "webp" in by_format:
+        return "webp"
+    return found
 
 
 def build(
