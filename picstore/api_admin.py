@@ -132,7 +132,9 @@ async def test_storage(
     pid = project_or_global(project_id)
     async with db.begin():
         location = await profiles.get_storage(db, caller, pid, _location_id(location_id))
-        caller.require(profiles.STORAGE_PERMISSION, pid)
+        # The probe writes into the location: a team-global one needs the permission team-wide, even when
+        # reached through a project's path.
+        caller.require(profiles.STORAGE_PERMISSION, location.project_id)
     store = await state.stores.for_location(location)
     steps = await storage.probe(store)
     return schemas.ProbeOut(

@@ -22,6 +22,8 @@ from picstore.api_admin import EMPTY, Db, Who, path_id
 log = logging.getLogger("picstore.api")
 
 UPLOAD_CEILING = 2**40
+# Marks the routes whose request bodies count as upload bytes in /metrics.
+UPLOAD_ROUTE = {"upload": True}
 # Originals are stored under content-versioned keys too, so they never change either.
 CACHE_CONTROL = "public, max-age=31536000, immutable"
 ImageStatus = Annotated[
@@ -32,6 +34,14 @@ ImageStatus = Annotated[
 
 def _image_id(text: str) -> uuid.UUID:
     return path_id(ids.BASE_IMAGE, text, "image")
+
+
+def _query_id(prefix: str, text: str, name: str) -> uuid.UUID:
+    """A malformed id in the query string is a bad request (400), not a missing path object (404)."""
+    try:
+        return ids.parse_id(prefix, text)
+    except ids.InvalidId:
+        raise errors.BadRequest(f"{name}: {text[:64]!r} is not a valid {prefix} id") from None
 
 
 def _announced_size(request: Request[Any, Any, Any], limit: int) -> None:
@@ -79,7 +89,7 @@ async def create_image(db: Db, caller: Who, data: JSONBody[schemas.ImageIn]) -> 
         return schemas.Created(id=ids.format_id(ids.BASE_IMAGE, image.id))
 
 
-@post("/images/{image_id:str}/upload", status_code=200, request_max_body_size=UPLOAD_CEILING)
+@post("/images/{image_id:str}/upload", status_code=200, request_max_body_size=UPLOAD_CEILING, opt=UPLOAD_ROUTE)
 async def upload(
     request: Request[Any, Any, Any], db: Db, caller: Who, state: State, image_id: FromPath[str]
 ) -> schemas.ImageOut:
@@ -148,7 +158,7 @@ async def complete(db: Db, caller: Who, state: State, image_id: FromPath[str]) -
     return await _record(db, caller, state, store, iid, spooled)
 
 
-@post("/projects/{project_id:str}/quick_upload", status_code=201, request_max_body_size=UPLOAD_CEILING)
+@post("/projects/{project_id:str}/quick_upload", status_code=201, request_max_body_size=UPLOAD_CEILING, opt=UPLOAD_ROUTE)
 async def quick_upload(
     request: Request[Any, Any, Any], db: Db, caller: Who, state: State, project_id: FromPath[str],
     filename: FromQuery[Annotated[str, Parameter(min_length=1, max_length=500)]] = "image",
@@ -217,11 +227,18 @@ async def get_image(db: Db, caller: Who, image_id: FromPath[str]) -> schemas.Ima
 
 
 @get("/image_by_hash/{sha256:str}")
-async def image_by_hash(db: Db, caller: Who, sha256: FromPath[str]) -> schemas.ImageOut:
+async def image_by_hash(
+    db: Db, caller: Who, sha256: FromPath[str],
+    project: FromQuery[Annotated[str | None, Parameter(max_length=100)]] = None,
+    upload_profile: FromQuery[Annotated[str | None, Parameter(max_length=100)]] = None,
+) -> schemas.ImageOut:
+    """`project` and `upload_profile` ask "are these bytes already in here?", as `picstore publish` does."""
     if len(sha256) != 64 or any(c not in "0123456789abcdefABCDEF" for c in sha256):
         raise errors.BadRequest("the hash must be 64 hex characters (SHA-256)")
+    pid = None if project is None else _query_id(ids.PROJECT, project, "project")
+    profile = None if upload_profile is None else _query_id(ids.UPLOAD_PROFILE, upload_profile, "upload_profile")
     async with db.begin():
-        return await images.view(db, await images.by_hash(db, caller, sha256))
+        return await images.view(db, await images.by_hash(db, caller, sha256, pid, profile))
 
 
 @get("/projects/{project_id:str}/images")
@@ -233,8 +250,8 @@ async def list_images(
     upload_profile: FromQuery[Annotated[str | None, Parameter(max_length=100)]] = None,
 ) -> schemas.ImagePage:
     pid = path_id(ids.PROJECT, project_id, "project")
-    after_id = None if after is None else path_id(ids.BASE_IMAGE, after, "image")
-    profile_id = None if upload_profile is None else path_id(ids.UPLOAD_PROFILE, upload_profile, "upload profile")
+    after_id = None if after is None else _query_id(ids.BASE_IMAGE, after, "after")
+    profile_id = None if upload_profile is None else _query_id(ids.UPLOAD_PROFILE, upload_profile, "upload_profile")
     async with db.begin():
         await projects.require_live(db, caller, pid)
         found = await images.list_images(db, caller, pid, limit, after_id, status, profile_id)
@@ -276,19 +293,6 @@ async def delete_image(db: Db, caller: Who, state: State, image_id: FromPath[str
     return EMPTY
 
 
-def _picture_out(pic: picture.Picture) -> schemas.PictureOut:
-    def cands(items: list[picture.Candidate]) -> list[schemas.CandidateOut]:
-        return [schemas.CandidateOut(c.url, c.width, c.height, c.descriptor) for c in items]
-
-    i = pic.img
-    return schemas.PictureOut(
-        sources=[schemas.SourceOut(s.type, s.srcset, s.sizes, cands(s.candidates)) for s in pic.sources],
-        img=schemas.ImgOut(i.src, i.srcset, i.sizes, i.width, i.height, i.alt, i.format, cands(i.candidates)),
-        placeholder=pic.placeholder,
-        html=picture.render(pic),
-    )
-
-
 @get("/images/{image_id:str}/picture", media_type=MediaType.HTML)
 async def get_picture(
     db: Db, caller: Who, image_id: FromPath[str],
@@ -304,7 +308,7 @@ async def get_picture(
         original, outputs = await images.picture_inputs(db, caller, _image_id(image_id), fallback == "original")
     pic = picture.build(original, outputs, sizes=sizes, class_=class_, slot=slot, placeholder=placeholder)
     if format == "json":
-        return Response(_picture_out(pic), media_type=MediaType.JSON)
+        return Response(images.picture_out(pic), media_type=MediaType.JSON)
     return Response(picture.render(pic), media_type=MediaType.HTML)
 
 

@@ -18,7 +18,19 @@ from sqlalchemy import text
 from sqlalchemy.exc import DBAPIError, IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from picstore import api_admin, api_images, auth, db, errors, jobs, schemas, stores
+from picstore import (
+    api_admin,
+    api_images,
+    api_webhooks,
+    auth,
+    db,
+    errors,
+    jobs,
+    logs,
+    metrics,
+    schemas,
+    stores,
+)
 from picstore.settings import Settings
 
 log = logging.getLogger("picstore.api")
@@ -80,6 +92,9 @@ def http_error(_: Request[Any, Any, Any], exc: HTTPException) -> Response[Any]:
 def database_error(request: Request[Any, Any, Any], exc: DBAPIError) -> Response[Any]:
     if isinstance(exc, IntegrityError):
         return error_response(409, "conflict", "The request conflicts with existing data")
+    if str(getattr(exc.orig, "sqlstate", "")).startswith("22"):
+        # SQLSTATE class 22 (data exception): a value PostgreSQL cannot store, e.g. text with a NUL character.
+        return error_response(400, "bad_request", "The request contains a value the database cannot store")
     if exc.connection_invalidated or _is_connection_problem(exc):
         return error_response(503, "unavailable", "The database is unavailable; retry shortly")
     return internal_error(request, exc)
@@ -121,6 +136,12 @@ async def health(state: State) -> schemas.Health:
     return schemas.Health(database=ok, healthy=ok)
 
 
+@get("/metrics", media_type=metrics.CONTENT_TYPE, include_in_schema=False)
+async def metrics_endpoint(state: State) -> str:
+    """Prometheus text format, without credentials: keep it on an internal network."""
+    return await metrics.scrape(state.metrics, state.sessionmaker)
+
+
 def _resources(settings: Settings) -> Any:
     @asynccontextmanager
     async def lifespan(app: Litestar) -> AsyncGenerator[None, None]:
@@ -141,12 +162,13 @@ def _resources(settings: Settings) -> Any:
 
 def create_app(settings: Settings | None = None) -> Litestar:
     settings = settings or Settings.from_env()
+    logs.configure(settings.log_level)
     api = Router(
         path="/api",
-        route_handlers=[health, api_admin.router, api_images.router],
+        route_handlers=[health, api_admin.router, api_images.router, api_webhooks.router],
         dependencies={"db": Provide(provide_db), "caller": Provide(provide_caller)},
     )
-    handlers: list[Any] = [api]
+    handlers: list[Any] = [api, metrics_endpoint]
     files_root = settings.local_storage_roots[0] if settings.local_storage_roots else None
     if files_root:
         os.makedirs(files_root, exist_ok=True)
@@ -156,8 +178,10 @@ def create_app(settings: Settings | None = None) -> Litestar:
                 # Every stored object has a content-versioned name, so it never changes.
                 cache_control=CacheControlHeader(public=True, max_age=31536000, immutable=True),
             ))
-    return Litestar(
+    registry = metrics.Registry()
+    app = Litestar(
         route_handlers=handlers,
+        state=State({"metrics": registry}),
         dependencies={"settings": Provide(lambda: settings, use_cache=True, sync_to_thread=False)},
         lifespan=[_resources(settings)],
         exception_handlers={
@@ -169,5 +193,11 @@ def create_app(settings: Settings | None = None) -> Litestar:
         },
         openapi_config=OpenAPIConfig(title="picstore", version="0.1.0", path="/schema"),
         request_max_body_size=JSON_BODY_LIMIT,
+        # logs.configure owns logging; Litestar's own config would replace its root handler at startup.
+        logging_config=None,
         debug=False,
     )
+    # Outermost, around routing and the exception handlers, so every answer is counted and logged; this is
+    # where Litestar itself puts its outermost middleware (OpenTelemetry).
+    app.asgi_handler = metrics.instrument(app.asgi_handler, registry)
+    return app

@@ -101,17 +101,24 @@ def _grant(permission: str, project_id: uuid.UUID) -> permissions.Grant:
     return permissions.Grant(permission, None if project_id == NIL_UUID else project_id)
 
 
+async def user_grants(
+    session: AsyncSession, user_id: uuid.UUID, team_id: uuid.UUID
+) -> tuple[permissions.Grant, ...]:
+    """What a user holds through their roles, and so what each of their inheriting keys holds."""
+    query = (
+        select(models.RolePermission.permission, models.RolePermission.project_id)
+        .join(models.UserRole, models.UserRole.role_id == models.RolePermission.role_id)
+        .where(models.UserRole.user_id == user_id, models.RolePermission.team_id == team_id)
+    )
+    return tuple(_grant(p, pid) for p, pid in (await session.execute(query)).all())
+
+
 async def load_grants(session: AsyncSession, key: models.ApiKey) -> tuple[permissions.Grant, ...]:
     if key.inherits_user_permissions:
-        query = (
-            select(models.RolePermission.permission, models.RolePermission.project_id)
-            .join(models.UserRole, models.UserRole.role_id == models.RolePermission.role_id)
-            .where(models.UserRole.user_id == key.user_id, models.RolePermission.team_id == key.team_id)
-        )
-    else:
-        query = select(models.ApiKeyPermission.permission, models.ApiKeyPermission.project_id).where(
-            models.ApiKeyPermission.api_key_id == key.id
-        )
+        return await user_grants(session, key.user_id, key.team_id)
+    query = select(models.ApiKeyPermission.permission, models.ApiKeyPermission.project_id).where(
+        models.ApiKeyPermission.api_key_id == key.id
+    )
     return tuple(_grant(p, pid) for p, pid in (await session.execute(query)).all())
 
 

@@ -92,22 +92,24 @@ class ConversionProfileObj(_Obj):
 
 
 class UploadProfileObj(_Obj):
+    """The API's limits apply here too, so bootstrap cannot store a profile the API would refuse."""
+
     id: str
     team_id: str
     project_id: str
-    name: str
+    name: schemas.Name
     base_storage_location_id: str
     output_storage_location_id: str
     conversion_profile_id: str
-    short_id: str | None = None
-    base_storage_location_path: str | None = None
-    output_storage_location_path: str | None = None
-    max_bytes: int = 50 * 1024 * 1024
-    max_pixels: int = 100_000_000
-    allowed_formats: list[str] = msgspec.field(
+    short_id: schemas.ShortId | None = None
+    base_storage_location_path: schemas.PathSegment | None = None
+    output_storage_location_path: schemas.PathSegment | None = None
+    max_bytes: schemas.MaxBytes = 50 * 1024 * 1024
+    max_pixels: schemas.MaxPixels = 100_000_000
+    allowed_formats: list[schemas.InputFormat] = msgspec.field(
         default_factory=lambda: ["jpg", "png", "gif", "webp", "avif", "heic", "tiff"]
     )
-    obsolete_retention_seconds: int | None = 7 * 86400
+    obsolete_retention_seconds: schemas.RetentionSeconds | None = 7 * 86400
 
 
 class ApiKeyObj(_Obj):
@@ -208,7 +210,9 @@ class _Loader:
     async def _team_of(self, model: Any, kind: str, object_id: uuid.UUID) -> uuid.UUID | None:
         if (kind, object_id) in self.teams:
             return self.teams[(kind, object_id)]
-        return await self.session.scalar(select(model.team_id).where(model.id == object_id))
+        # A team is its own team; every other row names its team in team_id.
+        column = model.id if model is models.Team else model.team_id
+        return await self.session.scalar(select(column).where(model.id == object_id))
 
     async def _same_team(self, model: Any, kind: str, object_id: uuid.UUID | None, team: uuid.UUID, where: str) -> None:
         if object_id is not None and await self._team_of(model, kind, object_id) != team:
@@ -283,7 +287,7 @@ class _Loader:
         assert base and output and conv
         self.session.add(
             models.UploadProfile(
-                id=uid, team_id=team, project_id=project, name=o.name, short_id=o.short_id or None,
+                id=uid, team_id=team, project_id=project, name=o.name, short_id=o.short_id,
                 base_storage_location_id=base, output_storage_location_id=output, conversion_profile_id=conv,
                 base_storage_location_path=paths.clean_segment(o.base_storage_location_path, "base_storage_location_path") or None,
                 output_storage_location_path=paths.clean_segment(o.output_storage_location_path, "output_storage_location_path") or None,

@@ -1,4 +1,5 @@
-"""The `picstore` command: serve, worker, migrate, bootstrap, init-local, add-api-key, hash-password."""
+"""The `picstore` command: serve, worker, migrate, bootstrap, init-local, add-api-key, hash-password, and the
+HTTP clients publish and import (their logic lives in publish.py)."""
 
 from __future__ import annotations
 
@@ -10,12 +11,13 @@ import os
 import signal
 import subprocess
 import sys
+from collections.abc import Callable
 from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from picstore import auth, bootstrap, conversion, db, ids, models, team
-from picstore.settings import MissingSetting, Settings
+from picstore import auth, bootstrap, conversion, db, ids, models, publish, team
+from picstore.settings import ClientSettings, MissingSetting, Settings
 
 ALEMBIC_INI = Path(__file__).resolve().parents[1] / "alembic.ini"
 
@@ -47,6 +49,8 @@ def cmd_serve(args: argparse.Namespace) -> None:
         uvicorn.run(
             "picstore.app:create_app", factory=True, host=settings.host, port=settings.port,
             log_level=settings.log_level.lower(), workers=args.workers, access_log=False,
+            # uvicorn's loggers propagate to the root handler create_app installs (logs.py): one format.
+            log_config=None,
         )
     finally:
         if worker is not None:
@@ -84,16 +88,31 @@ def cmd_bootstrap(args: argparse.Namespace) -> None:
     print(f"bootstrap: loaded {count} objects")
 
 
+def _expires(text: str | None) -> datetime | None:
+    if text is None:
+        return None
+    try:
+        expires = datetime.fromisoformat(text)
+    except ValueError:
+        raise SystemExit(f"picstore: --expires: {text!r} is not an ISO 8601 time") from None
+    if expires.tzinfo is None:
+        raise SystemExit("picstore: --expires: give a time zone, e.g. 2030-01-01T00:00:00Z")
+    return expires
+
+
 def cmd_add_api_key(args: argparse.Namespace) -> None:
     settings = _settings()
-    user_id = ids.parse_id(ids.USER, args.user)
+    try:
+        user_id = ids.parse_id(ids.USER, args.user)
+    except ids.InvalidId as exc:
+        raise SystemExit(f"picstore: --user: {exc}") from None
+    expires = _expires(args.expires)
     key = auth.new_key()
 
     async def add(session: Any) -> None:
         user = await session.get(models.User, user_id)
         if user is None or user.deleted is not None:
             raise SystemExit(f"picstore: user {args.user} not found")
-        expires = datetime.fromisoformat(args.expires) if args.expires else None
         await team.insert_key(session, key, user.team_id, user.id, args.name, expires, not args.no_inherit)
 
     asyncio.run(_with_session(settings, add))
@@ -175,6 +194,60 @@ picstore is starting on {settings.public_url}
 """)
 
 
+def _run_client(args: argparse.Namespace, work: Callable[[ClientSettings], int]) -> None:
+    """publish and import: one line and exit 2 for what stops a run, 130 for Ctrl-C."""
+    try:
+        code = work(ClientSettings.from_env(args.url, args.api_key))
+    except (MissingSetting, publish.Fatal) as exc:
+        print(f"picstore {args.command}: {exc}", file=sys.stderr)
+        code = 2
+    except KeyboardInterrupt:
+        print(f"picstore {args.command}: interrupted; run the same command again to continue "
+              "(files already uploaded are skipped)", file=sys.stderr)
+        code = 130
+    raise SystemExit(code)
+
+
+def cmd_publish(args: argparse.Namespace) -> None:
+    def work(client: ClientSettings) -> int:
+        results = asyncio.run(publish.publish_files(
+            client, [Path(f) for f in args.files], args.project, args.upload_profile, args.alt, args.json,
+            args.timeout,
+        ))
+        for line in publish.problems(results):
+            print(f"picstore publish: {line}", file=sys.stderr)
+        if text := publish.render_published(results, args.json):
+            print(text)
+        return publish.publish_exit_code(results)
+
+    _run_client(args, work)
+
+
+def cmd_import(args: argparse.Namespace) -> None:
+    def work(client: ClientSettings) -> int:
+        report = asyncio.run(publish.import_folder(
+            client, Path(args.folder), args.project, args.upload_profile, args.concurrency
+        ))
+        print(publish.summary(report))
+        return publish.exit_code(report.outcomes)
+
+    _run_client(args, work)
+
+
+def _positive(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError("must be at least 1")
+    return value
+
+
+def _client_flags(command: argparse.ArgumentParser) -> None:
+    command.add_argument("--url", help="the server, e.g. https://pics.example.com (default: PICSTORE_URL)")
+    command.add_argument("--api-key", help="prefer PICSTORE_API_KEY: flags show up in process lists")
+    command.add_argument("--project", help="project id (default: the only project the key can see)")
+    command.add_argument("--upload-profile", help="upload profile id or short id (default: the project's only one)")
+
+
 def parser() -> argparse.ArgumentParser:
     root = argparse.ArgumentParser(prog="picstore", description="Multi-tenant image CDN backend")
     sub = root.add_subparsers(dest="command", required=True)
@@ -204,6 +277,18 @@ def parser() -> argparse.ArgumentParser:
     pw = sub.add_parser("hash-password", help="print an argon2id hash of a password")
     pw.add_argument("password", nargs="?")
     pw.set_defaults(run=cmd_hash_password)
+    pub = sub.add_parser("publish", help="upload image files (unless already there) and print their <picture> tags")
+    pub.add_argument("files", nargs="+", metavar="FILE")
+    _client_flags(pub)
+    pub.add_argument("--alt", default="", help="alt text for the uploaded images")
+    pub.add_argument("--json", action="store_true", help="print one JSON object per file instead of HTML")
+    pub.add_argument("--timeout", type=float, default=300, help="seconds to wait for each image's outputs")
+    pub.set_defaults(run=cmd_publish)
+    imp = sub.add_parser("import", help="upload every image under a folder, skipping what is already there")
+    imp.add_argument("folder", metavar="DIR")
+    _client_flags(imp)
+    imp.add_argument("--concurrency", type=_positive, default=4, help="uploads at once (default 4)")
+    imp.set_defaults(run=cmd_import)
     return root
 
 

@@ -12,7 +12,7 @@ import uuid
 
 TEAM, ROLE, USER, PROJECT = "tem", "rol", "usr", "prj"
 CONVERSION_PROFILE, STORAGE_LOCATION, UPLOAD_PROFILE = "cpr", "slc", "upl"
-BASE_IMAGE, OUTPUT_IMAGE, API_KEY, WEBHOOK = "bim", "oim", "key", "whk"
+BASE_IMAGE, OUTPUT_IMAGE, API_KEY, WEBHOOK, WEBHOOK_DELIVERY = "bim", "oim", "key", "whk", "whd"
 
 
 class InvalidId(ValueError):

@@ -10,7 +10,7 @@ from __future__ import annotations
 import uuid
 from datetime import UTC, datetime
 
-from sqlalchemy import func, select, text
+from sqlalchemy import case, func, select, text
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from picstore import conversion, db, errors, ids, models, paths, picture, schemas
@@ -155,12 +155,12 @@ async def replan(session: AsyncSession, image: models.BaseImage) -> list[uuid.UU
     planned = conversion.plan_outputs(conversion.decode_profile(conversion_profile.output), facts(image), stem)
     directory = paths.join(project.base_location, profile.output_storage_location_path)
 
+    # Obsolete rows too (locked, so the purge task cannot delete one's file while it comes back): a planned
+    # output whose name is still taken by an obsolete row (A -> B -> A) revives that row, as names are unique.
     existing = {
         o.location: o
         for o in await session.scalars(
-            select(models.OutputImage).where(
-                models.OutputImage.base_image_id == image.id, models.OutputImage.status.in_(LIVE_OUTPUTS)
-            )
+            select(models.OutputImage).where(models.OutputImage.base_image_id == image.id).with_for_update()
         )
     }
     kept: set[str] = set()
@@ -172,13 +172,13 @@ async def replan(session: AsyncSession, image: models.BaseImage) -> list[uuid.UU
         if row is None:
             row = _new_output(image, profile.output_storage_location_id, location, plan)
             session.add(row)
-        elif row.status == "failed":
-            row.status, row.reason = "queued", None
+        elif row.status == "failed" or row.status not in LIVE_OUTPUTS:
+            row.status, row.reason, row.obsolete_since = plan.status, plan.reason, None
         if row.status == "queued":
             queued.append(row.id)
     now = datetime.now(UTC)
     for location, row in existing.items():
-        if location not in kept:
+        if location not in kept and row.status in LIVE_OUTPUTS:
             row.status, row.obsolete_since = "obsolete", now
     image.status = "queued" if queued or any(o.status in UNSETTLED for o in existing.values() if o.location in kept) else "ready"
     await session.flush()
@@ -235,7 +235,17 @@ async def find_duplicate(
     return found
 
 
-async def by_hash(session: AsyncSession, caller: Caller, sha256: str) -> models.BaseImage:
+async def by_hash(
+    session: AsyncSession, caller: Caller, sha256: str, project_id: uuid.UUID | None = None,
+    profile_id: uuid.UUID | None = None,
+) -> models.BaseImage:
+    """The newest readable image of the team with these bytes; 403 when the team has one the caller may not
+    read (as for lookups by id), 404 when it has none. A project and upload profile narrow the search."""
+    readable = db.allowed_in(models.BaseImage.project_id, caller, "project:read")
+    narrow = [
+        *([models.BaseImage.project_id == project_id] if project_id is not None else []),
+        *([models.BaseImage.upload_profile_id == profile_id] if profile_id is not None else []),
+    ]
     query = (
         select(models.BaseImage)
         .where(
@@ -243,14 +253,15 @@ async def by_hash(session: AsyncSession, caller: Caller, sha256: str) -> models.
             models.BaseImage.hash == sha256.lower(),
             models.BaseImage.deleted.is_(None),
             models.BaseImage.status.not_in(("deleting", "deleted")),
-            db.allowed_in(models.BaseImage.project_id, caller, "project:read"),
+            *narrow,
         )
-        .order_by(models.BaseImage.id.desc())
+        # Readable rows first; a CASE because `readable` may be a constant, which ORDER BY refuses.
+        .order_by(case((readable, 0), else_=1), models.BaseImage.id.desc())
         .limit(1)
     )
-    image = await session.scalar(query)
-    if image is None:
-        raise errors.NotFound("image")
+    image: models.BaseImage = await db.get_allowed(
+        session, query, models.BaseImage.project_id, caller, "project:read", "image"
+    )
     return image
 
 
@@ -389,7 +400,13 @@ async def picture_inputs(
     session: AsyncSession, caller: Caller, image_id: uuid.UUID, allow_original: bool
 ) -> tuple[picture.Original, list[picture.Output]]:
     """What a `<picture>` is made of: only ready outputs. 409 while none is ready, unless the original will do."""
-    image = await load(session, caller, image_id, "project:read")
+    return await picture_parts(session, await load(session, caller, image_id, "project:read"), allow_original)
+
+
+async def picture_parts(
+    session: AsyncSession, image: models.BaseImage, allow_original: bool
+) -> tuple[picture.Original, list[picture.Output]]:
+    """picture_inputs for an image already loaded (and permitted, or read by the worker for a webhook event)."""
     outputs = [o for o in await outputs_of(session, [image.id]) if o.status == "ready"]
     if not outputs and not (allow_original and image.format is not None):
         raise errors.Conflict(f"no outputs are ready yet; the image is {image.status}")
@@ -414,3 +431,18 @@ async def picture_inputs(
         )
         for o in outputs
     ]
+
+
+def picture_out(pic: picture.Picture) -> schemas.PictureOut:
+    """The JSON form of a picture: `GET /images/{id}/picture?format=json` and webhook events."""
+
+    def cands(items: list[picture.Candidate]) -> list[schemas.CandidateOut]:
+        return [schemas.CandidateOut(c.url, c.width, c.height, c.descriptor) for c in items]
+
+    i = pic.img
+    return schemas.PictureOut(
+        sources=[schemas.SourceOut(s.type, s.srcset, s.sizes, cands(s.candidates)) for s in pic.sources],
+        img=schemas.ImgOut(i.src, i.srcset, i.sizes, i.width, i.height, i.alt, i.format, cands(i.candidates)),
+        placeholder=pic.placeholder,
+        html=picture.render(pic),
+    )

@@ -15,6 +15,7 @@ SVG is recognised and measured but never rasterised: the untrusted SVG loader st
 
 import math
 import re
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -123,6 +124,7 @@ class Rendered:
     width: int
     height: int  # of one frame
     frames: int
+    seconds: float  # shaping and encoding this output from the shared decode
 
 
 @dataclass(frozen=True, slots=True)
@@ -385,6 +387,7 @@ def _split_frames(image: pyvips.Image) -> list[pyvips.Image]:
 
 
 def _render_one(frames: list[pyvips.Image], spec: OutputSpec) -> Rendered:
+    started = time.perf_counter()
     if not _is_animated(spec):
         frames = frames[:1]
     try:
@@ -394,7 +397,7 @@ def _render_one(frames: list[pyvips.Image], spec: OutputSpec) -> Rendered:
         data = _encode(image, spec)
     except pyvips.Error as error:
         raise ImageError(f"cannot make {spec.key} ({spec.format}): {_vips_reason(error)}") from None
-    return Rendered(spec.key, data, spec.width, spec.height, len(shaped))
+    return Rendered(spec.key, data, spec.width, spec.height, len(shaped), time.perf_counter() - started)
 
 
 def _crop_box(frame: pyvips.Image, spec: OutputSpec) -> tuple[int, int]:

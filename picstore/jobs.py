@@ -8,6 +8,7 @@ the reconcile task (tasks.py) finds the image still queued and defers it.
 
 from __future__ import annotations
 
+import contextlib
 import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -18,8 +19,10 @@ from procrastinate.exceptions import AlreadyEnqueued
 from picstore.settings import Settings
 
 QUEUE = "images"
+WEBHOOK_QUEUE = "webhooks"
 CONVERT = "picstore.tasks.convert_image"
 DELETE = "picstore.tasks.delete_image"
+DELIVER = "picstore.tasks.deliver_webhook"
 
 app = procrastinate.App(connector=procrastinate.PsycopgConnector(), import_paths=["picstore.tasks"])
 
@@ -48,3 +51,12 @@ async def defer_conversion(job_app: procrastinate.App, image_id: uuid.UUID) -> N
 
 async def defer_deletion(job_app: procrastinate.App, image_id: uuid.UUID) -> None:
     await _defer(job_app, DELETE, "delete", image_id)
+
+
+async def defer_deliveries(job_app: procrastinate.App, delivery_ids: list[uuid.UUID]) -> None:
+    """One job per webhook delivery; the delivery row is the durable record (tasks.reconcile re-defers)."""
+    for delivery_id in delivery_ids:
+        lock = f"delivery:{delivery_id}"
+        with contextlib.suppress(AlreadyEnqueued):  # the waiting job sends it
+            task = job_app.configure_task(DELIVER, queue=WEBHOOK_QUEUE, lock=lock, queueing_lock=lock)
+            await task.defer_async(delivery_id=str(delivery_id))

@@ -255,6 +255,50 @@ class OutputImage(Base):
     file_size: Mapped[int] = mapped_column(BigInteger, server_default="0")
     status: Mapped[str] = mapped_column(Text)
     reason: Mapped[str | None] = mapped_column(Text)
+    # Milliseconds to shape and encode this output from the job's shared decode (the /metrics histogram).
+    convert_ms: Mapped[int | None] = mapped_column(Integer)
     obsolete_since: Mapped[datetime | None]
     created: Mapped[datetime] = _created()
     updated: Mapped[datetime] = _updated()
+
+
+class Webhook(Base):
+    """A project's event receiver. The signing secret is sealed with the server key and never returned."""
+
+    __tablename__ = "webhooks"
+    id: Mapped[uuid.UUID] = mapped_column(primary_key=True)
+    team_id: Mapped[uuid.UUID] = _team_fk()
+    project_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("projects.id", ondelete="CASCADE"), index=True)
+    url: Mapped[str] = mapped_column(Text)
+    secret_sealed: Mapped[bytes] = mapped_column(LargeBinary)
+    events: Mapped[list[str]] = mapped_column(ARRAY(Text))
+    active: Mapped[bool] = mapped_column(Boolean, server_default=text("true"))
+    created: Mapped[datetime] = _created()
+    updated: Mapped[datetime] = _updated()
+    deleted: Mapped[datetime | None]
+
+
+class WebhookDelivery(Base):
+    """One event for one webhook: the payload is a snapshot taken when the event happened.
+
+    status: pending (being tried) → delivered | failed (gave up after the retry window).
+    """
+
+    __tablename__ = "webhook_deliveries"
+    __table_args__ = (
+        Index("ix_webhook_deliveries_webhook_id", "webhook_id", "id"),
+        Index("ix_webhook_deliveries_pending", "updated", postgresql_where=text("status = 'pending'")),
+    )
+    id: Mapped[uuid.UUID] = mapped_column(primary_key=True)
+    team_id: Mapped[uuid.UUID] = _team_fk()
+    webhook_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("webhooks.id", ondelete="CASCADE"))
+    image_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("base_images.id", ondelete="CASCADE"))
+    event: Mapped[str] = mapped_column(Text)
+    payload: Mapped[dict[str, Any]] = mapped_column(JSONB)
+    status: Mapped[str] = mapped_column(Text)
+    attempts: Mapped[int] = mapped_column(Integer, server_default="0")
+    status_code: Mapped[int | None] = mapped_column(Integer)
+    error: Mapped[str | None] = mapped_column(Text)
+    created: Mapped[datetime] = _created()
+    updated: Mapped[datetime] = _updated()
+    delivered: Mapped[datetime | None]

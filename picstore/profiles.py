@@ -93,6 +93,9 @@ def local_root_for(base_location: str, roots: tuple[str, ...]) -> str:
     """The absolute directory of a local location; it must lie inside one of the configured roots."""
     if not roots:
         raise errors.Invalid("local storage is disabled: PICSTORE_LOCAL_STORAGE_ROOTS is empty")
+    if "\x00" in base_location:
+        # os.path refuses NUL with a ValueError; it is the client's mistake, not a server error.
+        raise errors.Invalid("base_location: must not contain a NUL character")
     candidate = os.path.realpath(os.path.join(roots[0], base_location))
     for root in roots:
         real_root = os.path.realpath(root)
@@ -359,8 +362,6 @@ async def _apply_upload(
     session: AsyncSession, caller: Caller, profile: models.UploadProfile, data: schemas.UploadProfileIn
 ) -> None:
     project_id = profile.project_id
-    profile.name = data.name
-    profile.short_id = data.short_id
     profile.base_storage_location_id = await _reference(
         session, caller, models.StorageLocation, ids.STORAGE_LOCATION, data.base_storage_location_id,
         project_id, "base_storage_location_id",
@@ -373,6 +374,10 @@ async def _apply_upload(
         session, caller, models.ConversionProfile, ids.CONVERSION_PROFILE, data.conversion_profile_id,
         project_id, "conversion_profile_id",
     )
+    # short_id only after the lookups above: their autoflush would hit the unique index outside
+    # _flush_unique and answer a vague 409 instead of naming the short_id.
+    profile.name = data.name
+    profile.short_id = data.short_id
     profile.base_storage_location_path = paths.clean_segment(
         data.base_storage_location_path, "base_storage_location_path"
     ) or None

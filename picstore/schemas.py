@@ -120,6 +120,9 @@ class ConversionProfileOut(Struct):
 # Upload profiles
 
 MAX_BYTES_CEILING = 2**40
+MaxBytes = Annotated[int, Meta(ge=1, le=MAX_BYTES_CEILING)]
+MaxPixels = Annotated[int, Meta(ge=1, le=2**40)]
+RetentionSeconds = Annotated[int, Meta(ge=0, le=10 * 365 * 86400)]
 
 
 class UploadProfileIn(Request):
@@ -130,12 +133,12 @@ class UploadProfileIn(Request):
     short_id: ShortId | None = None
     base_storage_location_path: PathSegment | None = None
     output_storage_location_path: PathSegment | None = None
-    max_bytes: Annotated[int, Meta(ge=1, le=MAX_BYTES_CEILING)] = 50 * 1024 * 1024
-    max_pixels: Annotated[int, Meta(ge=1, le=2**40)] = 100_000_000
+    max_bytes: MaxBytes = 50 * 1024 * 1024
+    max_pixels: MaxPixels = 100_000_000
     allowed_formats: list[InputFormat] = msgspec.field(
         default_factory=lambda: ["jpg", "png", "gif", "webp", "avif", "heic", "tiff"]
     )
-    obsolete_retention_seconds: Annotated[int, Meta(ge=0, le=10 * 365 * 86400)] | None = 7 * 86400
+    obsolete_retention_seconds: RetentionSeconds | None = 7 * 86400
 
 
 class UploadProfileOut(Struct):
@@ -366,3 +369,50 @@ class PictureOut(Struct):
     img: ImgOut
     placeholder: dict[str, str | None]
     html: str
+
+
+# Webhooks
+
+WebhookEvent = Literal["image.ready", "image.failed", "image.deleted"]
+
+
+class WebhookIn(Request):
+    """On update, a missing secret keeps the current one; on create, one is generated."""
+
+    url: Annotated[str, Meta(min_length=1, max_length=2000)]
+    secret: Annotated[str, Meta(min_length=16, max_length=200)] | None = None
+    events: Annotated[list[WebhookEvent], Meta(min_length=1)] = msgspec.field(
+        default_factory=lambda: ["image.ready", "image.failed", "image.deleted"]
+    )
+    active: bool = True
+
+
+class WebhookOut(Struct):
+    id: str
+    project_id: str
+    url: str
+    events: list[str]
+    active: bool
+    created: datetime
+    updated: datetime
+
+
+class WebhookCreated(Struct):
+    """The only response that carries the signing secret."""
+
+    secret: str
+    webhook: WebhookOut
+
+
+class WebhookDeliveryOut(Struct):
+    id: str
+    webhook_id: str
+    event: str
+    image_id: str
+    status: str
+    attempts: int
+    status_code: int | None
+    error: str | None
+    created: datetime
+    updated: datetime
+    delivered: datetime | None

@@ -22,6 +22,13 @@ class Settings:
     worker_concurrency: int = 2
     db_pool_size: int = 10
     log_level: str = "INFO"
+    # Webhook deliveries: per-request timeout, first retry wait (doubling per attempt) and the total
+    # time after the event during which failed deliveries are retried.
+    webhook_timeout_seconds: float = 10.0
+    webhook_retry_base_seconds: float = 10.0
+    webhook_retry_window_seconds: float = 3600.0
+    # Off by default: tenants must not make the worker POST to loopback, private or link-local hosts.
+    webhook_allow_private_addresses: bool = False
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
@@ -46,12 +53,39 @@ class Settings:
             worker_concurrency=_int(env, "PICSTORE_WORKER_CONCURRENCY", 2),
             db_pool_size=_int(env, "PICSTORE_DB_POOL_SIZE", 10),
             log_level=env.get("PICSTORE_LOG_LEVEL", "INFO").upper(),
+            webhook_timeout_seconds=_float(env, "PICSTORE_WEBHOOK_TIMEOUT_SECONDS", 10.0),
+            webhook_retry_base_seconds=_float(env, "PICSTORE_WEBHOOK_RETRY_BASE_SECONDS", 10.0),
+            webhook_retry_window_seconds=_float(env, "PICSTORE_WEBHOOK_RETRY_WINDOW_SECONDS", 3600.0),
+            webhook_allow_private_addresses=_bool(env, "PICSTORE_WEBHOOK_ALLOW_PRIVATE_ADDRESSES"),
         )
 
     @property
     def libpq_url(self) -> str:
         """The same database as a plain libpq URL, for procrastinate's psycopg pool."""
         return self.database_url.replace("postgresql+asyncpg://", "postgresql://", 1)
+
+
+@dataclass(frozen=True, slots=True)
+class ClientSettings:
+    """Where `picstore publish` and `import` find a server: flags, else PICSTORE_URL and PICSTORE_API_KEY."""
+
+    url: str
+    api_key: str = field(repr=False)
+
+    @classmethod
+    def from_env(
+        cls, url: str | None = None, api_key: str | None = None, environ: Mapping[str, str] | None = None
+    ) -> ClientSettings:
+        env = os.environ if environ is None else environ
+        url = (url or env.get("PICSTORE_URL", "")).strip().rstrip("/")
+        api_key = (api_key or env.get("PICSTORE_API_KEY", "")).strip()
+        if not url:
+            raise MissingSetting("no server URL: set PICSTORE_URL or pass --url")
+        if not url.startswith(("http://", "https://")):
+            raise MissingSetting(f"the server URL must start with http:// or https://, got {url!r}")
+        if not api_key:
+            raise MissingSetting("no API key: set PICSTORE_API_KEY or pass --api-key")
+        return cls(url=url, api_key=api_key)
 
 
 def database_url(url: str) -> str:
@@ -70,3 +104,22 @@ def _int(env: Mapping[str, str], name: str, default: int) -> int:
         return int(raw)
     except ValueError:
         raise MissingSetting(f"{name} must be an integer, got {raw!r}") from None
+
+
+def _float(env: Mapping[str, str], name: str, default: float) -> float:
+    raw = env.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        return float(raw)
+    except ValueError:
+        raise MissingSetting(f"{name} must be a number, got {raw!r}") from None
+
+
+def _bool(env: Mapping[str, str], name: str) -> bool:
+    raw = env.get(name, "").strip().lower()
+    if raw in ("", "0", "false", "no", "off"):
+        return False
+    if raw in ("1", "true", "yes", "on"):
+        return True
+    raise MissingSetting(f"{name} must be true or false, got {raw!r}")

@@ -4,6 +4,10 @@ convert_image is idempotent and resumes: it renders only the image's outputs tha
 were converting when a worker died, from one decode of the original, and marks them ready in one
 transaction after every object is stored. Names are content-versioned, so storing again after a crash
 rewrites identical bytes under the same name: each output exists exactly once.
+
+When a job settles an image (ready or failed) or deletes it, the same transaction records a webhook
+delivery per subscribed webhook, and a deliver_webhook job per delivery is deferred after the commit.
+Every job run writes one log line (task, arguments, outcome, duration).
 """
 
 from __future__ import annotations
@@ -14,18 +18,20 @@ import os
 import tempfile
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import anyio.to_thread
-from procrastinate import JobContext, RetryStrategy
+from procrastinate import BaseRetryStrategy, JobContext, RetryDecision, RetryStrategy
+from procrastinate.jobs import Job
 from sqlalchemy import delete, select, text, update
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from picstore import conversion, db, images, imaging, jobs, models, sealing, storage, stores
+from picstore import conversion, db, images, imaging, jobs, logs, models, sealing, storage, stores, webhooks
 from picstore.settings import Settings
 
 log = logging.getLogger("picstore.worker")
@@ -36,6 +42,10 @@ TRANSIENT = (storage.StorageError, sealing.SealError, OSError, DBAPIError)
 RETRY = RetryStrategy(max_attempts=RETRIES, wait=1, exponential_wait=2, retry_exceptions=set(TRANSIENT))
 STALLED_AFTER_SECONDS = 30
 RECONCILE_AFTER = timedelta(seconds=30)
+# A sixth cron field is seconds (croniter): a SIGKILLed worker's jobs are retried at most
+# STALLED_AFTER_SECONDS + 15 s after its last heartbeat, instead of up to a minute later. A run that finds
+# nothing to do is three small queries.
+RECONCILE_CRON = "* * * * * */15"
 
 
 @dataclass(frozen=True)
@@ -168,33 +178,50 @@ async def _render_and_store(res: Resources, work: _Work) -> tuple[imaging.Summar
     return summary, rendered
 
 
-async def _finish(res: Resources, image_id: uuid.UUID, summary: imaging.Summary, rendered: list[imaging.Rendered]) -> None:
+async def _finish(
+    res: Resources, image_id: uuid.UUID, summary: imaging.Summary, rendered: list[imaging.Rendered]
+) -> list[uuid.UUID]:
+    """Mark the rendered outputs ready; returns the webhook deliveries to defer (when the image settled)."""
     async with res.sessions() as session, session.begin():
         image = await session.get(models.BaseImage, image_id, with_for_update=True)
         if image is None:
-            return
+            return []
         for item in rendered:
             # Only outputs still converting: a replacement may have made some obsolete meanwhile.
             await session.execute(
                 update(models.OutputImage)
                 .where(models.OutputImage.id == uuid.UUID(item.key), models.OutputImage.status == "converting")
-                .values(status="ready", width=item.width, height=item.height, file_size=len(item.data), reason=None)
+                .values(
+                    status="ready", width=item.width, height=item.height, file_size=len(item.data), reason=None,
+                    convert_ms=round(item.seconds * 1000),
+                )
             )
         image.placeholder, image.dominant_color = summary.placeholder, summary.dominant_color
         await _settle(session, image)
+        return await webhooks.announce(session, image)
 
 
-async def _fail(res: Resources, image_id: uuid.UUID, reason: str) -> None:
+async def _fail(res: Resources, image_id: uuid.UUID, reason: str) -> list[uuid.UUID]:
+    """Fail the unfinished outputs and the image; returns the webhook deliveries to defer."""
     async with res.sessions() as session, session.begin():
         image = await session.get(models.BaseImage, image_id, with_for_update=True)
         if image is None:
-            return
+            return []
         await session.execute(
             update(models.OutputImage)
             .where(models.OutputImage.base_image_id == image_id, models.OutputImage.status.in_(("queued", "converting")))
             .values(status="failed", reason=reason)
         )
         image.status, image.error = "failed", reason
+        return await webhooks.announce(session, image)
+
+
+async def _announce_settled(session: AsyncSession, image_id: uuid.UUID) -> list[uuid.UUID]:
+    """A job with nothing to render still settles an upload whose outputs were all kept or skipped."""
+    image = await session.get(models.BaseImage, image_id)
+    if image is None or image.status not in ("ready", "failed"):
+        return []
+    return await webhooks.announce(session, image)
 
 
 async def _requeue(res: Resources, image_id: uuid.UUID) -> None:
@@ -211,25 +238,28 @@ async def convert_image(context: JobContext, image_id: str) -> None:
     res, iid = _resources(context), uuid.UUID(image_id)
     async with res.sessions() as session, session.begin():
         work = await _claim(session, iid)
+        settled = [] if work else await _announce_settled(session, iid)
     if work is None:
+        await jobs.defer_deliveries(context.app, settled)
         return
     try:
         done = await _render_and_store(res, work)
     except imaging.ImageError as exc:
         log.info("image %s failed: %s", iid, exc.reason)
-        await _fail(res, iid, exc.reason)
+        await jobs.defer_deliveries(context.app, await _fail(res, iid, exc.reason))
         return
     except TRANSIENT as exc:
         attempts = context.job.attempts if context.job else RETRIES
         if attempts >= RETRIES:
-            await _fail(res, iid, f"storage error after {attempts + 1} attempts: {exc}")
+            failed = await _fail(res, iid, f"storage error after {attempts + 1} attempts: {exc}")
+            await jobs.defer_deliveries(context.app, failed)
             return
         await _requeue(res, iid)
         raise
     if done is None:
         await _requeue(res, iid)
         return
-    await _finish(res, iid, *done)
+    await jobs.defer_deliveries(context.app, await _finish(res, iid, *done))
 
 
 @jobs.app.task(name=jobs.DELETE, queue=jobs.QUEUE, pass_context=True, retry=RETRY)
@@ -255,6 +285,35 @@ async def delete_image(context: JobContext, image_id: str) -> None:
         await session.execute(
             update(models.BaseImage).where(models.BaseImage.id == iid).values(status="deleted", deleted=datetime.now(UTC))
         )
+        deleted = await webhooks.announce(session, await session.get_one(models.BaseImage, iid))
+    await jobs.defer_deliveries(context.app, deleted)
+
+
+class _WebhookRetry(BaseRetryStrategy):
+    """Retry when deliver_webhook says when: its schedule depends on the settings and the event's age,
+    which a RetryStrategy fixed at import cannot know."""
+
+    def get_retry_decision(self, *, exception: BaseException, job: Job) -> RetryDecision | None:
+        if isinstance(exception, webhooks.RetryLater):
+            return RetryDecision(retry_at=datetime.now(UTC) + timedelta(seconds=exception.seconds))
+        return None
+
+
+@jobs.app.task(name=jobs.DELIVER, queue=jobs.WEBHOOK_QUEUE, pass_context=True, retry=_WebhookRetry())
+async def deliver_webhook(context: JobContext, delivery_id: str) -> None:
+    """POST one event. No transaction is held during the request; the row records every attempt."""
+    res, did = _resources(context), uuid.UUID(delivery_id)
+    async with res.sessions() as session, session.begin():
+        target = await webhooks.target(session, did, res.settings.secret_key)
+    if target is None:
+        return
+    attempt = await webhooks.post(target, res.settings)
+    async with res.sessions() as session, session.begin():
+        wait = await webhooks.record_attempt(session, did, attempt, res.settings)
+    if wait is not None:
+        raise webhooks.RetryLater(wait, attempt.error or "")
+    if not attempt.ok:
+        log.warning("webhook delivery %s given up after the retry window: %s", did, attempt.error)
 
 
 # Periodic housekeeping
@@ -270,23 +329,39 @@ STRANDED = text(
     LIMIT 500
     """
 )
+STRANDED_DELIVERIES = text(
+    """
+    SELECT d.id FROM webhook_deliveries d
+    WHERE d.status = 'pending' AND d.updated < :before
+      AND NOT EXISTS (
+        SELECT 1 FROM procrastinate_jobs j
+        WHERE j.status IN ('todo', 'doing') AND j.args->>'delivery_id' = d.id::text)
+    LIMIT 500
+    """
+)
 
 
-@jobs.app.periodic(cron="* * * * *", periodic_id="reconcile")
+@jobs.app.periodic(cron=RECONCILE_CRON, periodic_id="reconcile")
 @jobs.app.task(name="picstore.tasks.reconcile", queue=jobs.QUEUE, pass_context=True, queueing_lock="reconcile")
 async def reconcile(context: JobContext, timestamp: int) -> None:
-    """Retry jobs of dead workers, and re-defer images whose job was lost between commit and defer."""
+    """Retry jobs of dead workers, and re-defer images and webhook deliveries whose job was lost between
+    commit and defer."""
     res = _resources(context)
     app = context.app
     for job in await app.job_manager.get_stalled_jobs(seconds_since_heartbeat=STALLED_AFTER_SECONDS):
         log.warning("retrying stalled job %s (%s)", job.id, job.task_name)
         await app.job_manager.retry_job(job)
+    before = {"before": datetime.now(UTC) - RECONCILE_AFTER}
     async with res.sessions() as session:
-        stranded = (await session.execute(STRANDED, {"before": datetime.now(UTC) - RECONCILE_AFTER})).all()
+        stranded = (await session.execute(STRANDED, before)).all()
+        deliveries = list((await session.scalars(STRANDED_DELIVERIES, before)).all())
     for image_id, status in stranded:
         log.warning("re-deferring image %s left %s without a job", image_id, status)
         defer = jobs.defer_deletion if status == "deleting" else jobs.defer_conversion
         await defer(app, image_id)
+    if deliveries:
+        log.warning("re-deferring %d webhook deliveries left pending without a job", len(deliveries))
+        await jobs.defer_deliveries(app, deliveries)
 
 
 @jobs.app.periodic(cron="*/10 * * * *", periodic_id="purge_obsolete")
@@ -311,22 +386,50 @@ async def purge_obsolete(context: JobContext, timestamp: int) -> None:
             )
         ).tuples().all()
     for output, location in rows:
-        await (await res.stores.for_location(location)).delete(output.location)
+        # The row goes first and its lock is held until the file is gone: a replan that brings this output
+        # back (images.replan locks the rows it reads) waits, then plans a new row and a fresh render.
         async with res.sessions() as session, session.begin():
-            await session.execute(
-                delete(models.OutputImage).where(models.OutputImage.id == output.id, models.OutputImage.status == "obsolete")
+            gone = await session.scalar(
+                delete(models.OutputImage)
+                .where(models.OutputImage.id == output.id, models.OutputImage.status == "obsolete")
+                .returning(models.OutputImage.id)
             )
+            if gone is not None:
+                await (await res.stores.for_location(location)).delete(output.location)
+
+
+def _outcome(context: JobContext, exc: BaseException) -> str:
+    task = context.app.tasks.get(context.job.task_name)
+    return "retrying" if task is not None and task.get_retry_exception(exc, context.job) else "failed"
+
+
+async def _log_job(call_next: Callable[[], Awaitable[Any]], context: JobContext, worker: Any) -> Any:
+    """One line per job run; every line the job logs carries its task, id and arguments (ids only)."""
+    job = context.job
+    started, outcome, error = time.perf_counter(), "succeeded", None
+    with logs.bound(task=job.task_name, job_id=job.id, attempt=job.attempts + 1, **job.task_kwargs):
+        try:
+            return await call_next()
+        except BaseException as exc:
+            outcome, error = _outcome(context, exc), f"{type(exc).__name__}: {exc}"
+            raise
+        finally:
+            duration_ms = round((time.perf_counter() - started) * 1000, 1)
+            fields = {"outcome": outcome, "error": error, "duration_ms": duration_ms}
+            log.info("job %s %s", job.task_name, outcome, extra=fields)
 
 
 async def run_worker(settings: Settings, concurrency: int) -> None:
     """Run until SIGINT/SIGTERM; running jobs finish first (procrastinate's graceful shutdown)."""
+    logs.configure(settings.log_level)
     engine = db.make_engine(settings.database_url, concurrency + 2)
     try:
         async with stores.Stores(settings) as store_cache, jobs.open_app(settings, max_size=concurrency + 2) as app:
             resources = Resources(settings, db.make_sessionmaker(engine), store_cache)
             await app.run_worker_async(
-                queues=[jobs.QUEUE],
+                queues=[jobs.QUEUE, jobs.WEBHOOK_QUEUE],
                 concurrency=concurrency,
+                task_middleware=[_log_job],
                 shutdown_graceful_timeout=60,
                 additional_context={"picstore": resources},
                 update_heartbeat_interval=5,

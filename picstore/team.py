@@ -1,12 +1,15 @@
 """A team's users, roles and API keys. Functions never commit.
 
-Nobody hands out more than they hold: a role's grants and an API key's own grants must be covered by
-the caller's grants, so `team:write` cannot mint a `team:admin` role.
+Nobody hands out more than they hold: a role's grants and an API key's grants must be covered by the
+caller's grants, so `team:write` cannot mint a `team:admin` role. Nobody changes what holds more than
+they do either: editing or deleting a role or a user needs every grant it holds, so `team:write` cannot
+strip the Admin role or lock out an admin.
 """
 
 from __future__ import annotations
 
 import uuid
+from collections.abc import Iterable
 from datetime import UTC, datetime
 
 import anyio.to_thread
@@ -27,6 +30,12 @@ def _grant_out(permission: str, project_id: uuid.UUID) -> schemas.GrantOut:
     )
 
 
+def _require_covers(caller: Caller, grants: Iterable[permissions.Grant]) -> None:
+    for grant in grants:
+        if not permissions.covers(caller.grants, grant):
+            raise errors.MissingPermission(grant.permission)
+
+
 async def _grants_in(
     session: AsyncSession, caller: Caller, grants: list[schemas.GrantIn]
 ) -> list[permissions.Grant]:
@@ -40,10 +49,8 @@ async def _grants_in(
             )
             if not live:
                 raise errors.Invalid(f"project_id: {g.project_id!r} does not exist in this team")
-        grant = permissions.Grant(g.permission, project_id)
-        if not permissions.covers(caller.grants, grant):
-            raise errors.MissingPermission(g.permission)
-        parsed.append(grant)
+        parsed.append(permissions.Grant(g.permission, project_id))
+    _require_covers(caller, parsed)
     return list(dict.fromkeys(parsed))
 
 
@@ -76,6 +83,22 @@ async def _role(session: AsyncSession, caller: Caller, role_id: uuid.UUID) -> mo
     return role
 
 
+async def _role_grants(session: AsyncSession, role_id: uuid.UUID) -> list[permissions.Grant]:
+    rows = await session.execute(
+        select(models.RolePermission.permission, models.RolePermission.project_id).where(
+            models.RolePermission.role_id == role_id
+        )
+    )
+    return [permissions.Grant(p, None if pid == NIL_UUID else pid) for p, pid in rows]
+
+
+async def _role_for_change(session: AsyncSession, caller: Caller, role_id: uuid.UUID) -> models.Role:
+    caller.require(TEAM_PERMISSION, None)
+    role = await _role(session, caller, role_id)
+    _require_covers(caller, await _role_grants(session, role.id))
+    return role
+
+
 async def _set_role_grants(
     session: AsyncSession, caller: Caller, role: models.Role, grants: list[schemas.GrantIn]
 ) -> None:
@@ -102,15 +125,13 @@ async def create_role(session: AsyncSession, caller: Caller, data: schemas.RoleI
 async def set_role_permissions(
     session: AsyncSession, caller: Caller, role_id: uuid.UUID, data: schemas.RolePermissionsIn
 ) -> models.Role:
-    caller.require(TEAM_PERMISSION, None)
-    role = await _role(session, caller, role_id)
+    role = await _role_for_change(session, caller, role_id)
     await _set_role_grants(session, caller, role, data.permissions)
     return role
 
 
 async def delete_role(session: AsyncSession, caller: Caller, role_id: uuid.UUID) -> None:
-    caller.require(TEAM_PERMISSION, None)
-    role = await _role(session, caller, role_id)
+    role = await _role_for_change(session, caller, role_id)
     await session.delete(role)
     await session.flush()
 
@@ -147,6 +168,12 @@ async def get_user(session: AsyncSession, caller: Caller, user_id: uuid.UUID) ->
     user = await session.scalar(select(models.User).where(models.User.id == user_id, db.live(models.User, caller)))
     if user is None:
         raise errors.NotFound("user")
+    return user
+
+
+async def _user_for_change(session: AsyncSession, caller: Caller, user_id: uuid.UUID) -> models.User:
+    user = await get_user(session, caller, user_id)
+    _require_covers(caller, await auth.user_grants(session, user.id, caller.team_id))
     return user
 
 
@@ -188,7 +215,7 @@ async def create_user(session: AsyncSession, caller: Caller, data: schemas.UserI
 async def update_user(
     session: AsyncSession, caller: Caller, user_id: uuid.UUID, data: schemas.UserUpdate
 ) -> models.User:
-    user = await get_user(session, caller, user_id)
+    user = await _user_for_change(session, caller, user_id)
     if data.email is not None:
         user.email = data.email
     if data.name is not None:
@@ -204,7 +231,7 @@ async def update_user(
 
 async def delete_user(session: AsyncSession, caller: Caller, user_id: uuid.UUID) -> None:
     caller.require(TEAM_PERMISSION, None)
-    user = await get_user(session, caller, user_id)
+    user = await _user_for_change(session, caller, user_id)
     user.deleted = func.now()
     await session.execute(
         update(models.ApiKey).where(models.ApiKey.user_id == user.id).values(revoked=func.now())
@@ -220,15 +247,7 @@ async def _set_user_roles(session: AsyncSession, caller: Caller, user: models.Us
         )
         if role is None:
             raise errors.Invalid(f"role_ids: {ids.format_id(ids.ROLE, role_id)} does not exist in this team")
-        grants = await session.execute(
-            select(models.RolePermission.permission, models.RolePermission.project_id).where(
-                models.RolePermission.role_id == role_id
-            )
-        )
-        for permission, project_id in grants:
-            grant = permissions.Grant(permission, None if project_id == NIL_UUID else project_id)
-            if not permissions.covers(caller.grants, grant):
-                raise errors.MissingPermission(permission)
+        _require_covers(caller, await _role_grants(session, role_id))
     await session.execute(delete(models.UserRole).where(models.UserRole.user_id == user.id))
     session.add_all(models.UserRole(user_id=user.id, role_id=r) for r in role_ids)
     await session.flush()
@@ -238,7 +257,7 @@ async def set_user_roles(
     session: AsyncSession, caller: Caller, user_id: uuid.UUID, data: schemas.UserRolesIn
 ) -> models.User:
     caller.require(TEAM_PERMISSION, None)
-    user = await get_user(session, caller, user_id)
+    user = await _user_for_change(session, caller, user_id)
     await _set_user_roles(session, caller, user, data.role_ids)
     return user
 
@@ -321,6 +340,9 @@ async def create_key(session: AsyncSession, caller: Caller, data: schemas.ApiKey
         raise errors.Invalid("expires: must be in the future")
     if data.inherits_user_permissions and data.permissions:
         raise errors.Invalid("permissions: only keys that do not inherit their user's permissions carry their own")
+    if data.inherits_user_permissions:
+        # Such a key holds all of its user's grants: a restricted key must not mint one for itself.
+        _require_covers(caller, await auth.user_grants(session, user_id, caller.team_id))
     grants = await _grants_in(session, caller, data.permissions)
     key = auth.new_key()
     row = await insert_key(
@@ -341,7 +363,9 @@ async def revoke_key(session: AsyncSession, caller: Caller, key_id: uuid.UUID) -
     key = await session.scalar(
         select(models.ApiKey).where(models.ApiKey.id == key_id, models.ApiKey.team_id == caller.team_id)
     )
-    if key is None or (key.user_id != caller.user_id and not caller.allows(permissions.ADMIN, None)):
+    if key is None:
         raise errors.NotFound("API key")
+    if key.user_id != caller.user_id:
+        caller.require(permissions.ADMIN, None)
     key.revoked = key.revoked or datetime.now(UTC)
     await session.flush()

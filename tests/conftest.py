@@ -109,6 +109,11 @@ def env(settings: Settings) -> dict[str, str]:
         "PICSTORE_SECRET_KEY": settings.secret_key,
         "PICSTORE_LOCAL_STORAGE_ROOTS": os.pathsep.join(settings.local_storage_roots),
         "PICSTORE_PUBLIC_URL": settings.public_url,
+        # Webhook receivers in tests listen on loopback, and retries must come within seconds.
+        "PICSTORE_WEBHOOK_ALLOW_PRIVATE_ADDRESSES": "true",
+        "PICSTORE_WEBHOOK_RETRY_BASE_SECONDS": "0.1",
+        "PICSTORE_WEBHOOK_RETRY_WINDOW_SECONDS": "120",
+        "PICSTORE_WEBHOOK_TIMEOUT_SECONDS": "2",
     }
 
 
@@ -253,15 +258,18 @@ TEST_PROFILE = {
 
 
 async def make_pipeline(
-    client: httpx.AsyncClient, tenant: Tenant, profile: dict[str, Any] | None = None, **limits: Any
+    client: httpx.AsyncClient, tenant: Tenant, profile: dict[str, Any] | None = None,
+    files_url: str = "http://picstore.test/files", **limits: Any
 ) -> dict[str, Any]:
-    """Local storage + conversion profile + upload profile for the tenant's project, through the API."""
+    """Local storage + conversion profile + upload profile for the tenant's project, through the API.
+
+    `files_url` is where the api serves the local storage root (a live server's own /files route)."""
     h, p = tenant.headers(), tenant.project
     name = uuid.uuid4().hex[:8]
     r = await client.post(
         f"/api/projects/{p}/storage_locations",
         json={"name": "local", "provider": {"type": "local"}, "base_location": f"t-{name}",
-              "public_url_base": f"http://picstore.test/files/t-{name}"},
+              "public_url_base": f"{files_url}/t-{name}"},
         headers=h,
     )
     assert r.status_code == 201, r.text
