@@ -14,6 +14,7 @@ from typing import Annotated, Any
 from litestar import MediaType, Request, Response, Router, delete, get, post, put
 from litestar.datastructures import State
 from litestar.params import FromPath, FromQuery, JSONBody, Parameter
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from picstore import conversion, errors, ids, images, jobs, models, picture, projects, schemas, storage, uploads
@@ -172,6 +173,9 @@ async def quick_upload(
     No transaction is held while the body streams or the original is stored.
     """
     pid = path_id(ids.PROJECT, project_id, "project")
+    for name, value in (("filename", filename), ("alt_text", alt_text), ("location", location)):
+        if value and "\x00" in value:
+            raise errors.BadRequest(f"{name}: must not contain NUL characters")
     async with db.begin():
         await projects.require_live(db, caller, pid)
         profile = await images.resolve_profile(db, caller, upload_profile, pid)
@@ -202,16 +206,22 @@ async def _insert_quick(
     db: AsyncSession, caller: Any, state: State, store: storage.Storage, planned: models.BaseImage,
     spooled: uploads.Spooled, dedupe: bool,
 ) -> Response[schemas.ImageOut]:
-    async with db.begin():
-        existing = (
-            await images.find_duplicate(db, planned.project_id, planned.upload_profile_id, spooled.sha256, lock=True)
-            if dedupe
-            else None
-        )
-        if existing is None:
-            image = await images.insert(db, planned)
-            await images.record_upload(db, image, spooled)
-        result = await images.view(db, existing or image)
+    try:
+        async with db.begin():
+            existing = (
+                await images.find_duplicate(db, planned.project_id, planned.upload_profile_id, spooled.sha256, lock=True)
+                if dedupe
+                else None
+            )
+            if existing is None:
+                image = await images.insert(db, planned)
+                await images.record_upload(db, image, spooled)
+            result = await images.view(db, existing or image)
+    except (errors.PicstoreError, DBAPIError) as exc:
+        # Refused before any commit (a lost connection may have committed: then the object stays).
+        if not (isinstance(exc, DBAPIError) and exc.connection_invalidated):
+            await _delete_replaced(store, images.original_key(planned, spooled.sha256))
+        raise
     if existing is not None:
         # A concurrent identical upload won the race; ours is a second copy of the same bytes.
         await _delete_replaced(store, images.original_key(planned, spooled.sha256))

@@ -287,7 +287,7 @@ async def test_image_by_hash(client, tenant, other_tenant):
 
 
 async def test_image_by_hash_answers_what_the_caller_may_read(client, tenant):
-    """The same bytes in two projects: each reader finds the copy in its own project; no reader gets 403."""
+    """Same bytes in two projects: each reader gets the copy it may read; a key reading none gets 403."""
     here = await quick_upload(client, tenant, await make_pipeline(client, tenant, SMALL))
     r = await client.post("/api/projects", json={"name": "elsewhere"}, headers=tenant.headers())
     there_tenant = dataclasses.replace(tenant, project_id=ids.parse_id(ids.PROJECT, r.json()["id"]))
@@ -326,6 +326,8 @@ async def test_upload_again_replaces_the_original(client, tenant, worker, storag
     assert new["status"] == "ready", new
     assert (new["width"], new["height"], new["hash"]) == (1920, 1080, sha256(OTHER_JPEG))
     assert stored(storage_root, pipe, new["location"]).read_bytes() == OTHER_JPEG
+    assert new["location"] != old["location"], "originals are content-versioned too"
+    assert not stored(storage_root, pipe, old["location"]).exists(), "the replaced original is deleted"
 
     outputs, old_ids = by_id(new), set(by_id(old))
     assert {i for i, o in outputs.items() if o["status"] == "obsolete"} == old_ids
