@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import base64
 import logging
+import mimetypes
 import uuid
 from typing import Annotated, Any
 
@@ -50,6 +51,11 @@ def _announced_size(request: Request[Any, Any, Any], limit: int) -> None:
     raw = request.headers.get("content-length")
     if raw is not None and raw.isdigit() and int(raw) > limit:
         raise errors.PayloadTooLarge(f"the body is larger than this upload profile's limit of {limit} bytes")
+
+
+def _type_of(location: str) -> str:
+    guessed, _ = mimetypes.guess_type(location)
+    return guessed if guessed and guessed.startswith("image/") else "application/octet-stream"
 
 
 async def _store_original(store: storage.Storage, image: models.BaseImage, spooled: uploads.Spooled) -> None:
@@ -120,7 +126,12 @@ async def upload_url(
         sha256_b64 = base64.b64encode(bytes.fromhex(data.sha256)).decode()
         try:
             signed = await store.presign_put(
-                images.original_key(image, data.sha256.lower()), data.content_type, data.content_length, sha256_b64, data.expires_in)
+                images.original_key(image, data.sha256.lower()),
+                data.content_type or _type_of(image.location),
+                data.content_length,
+                sha256_b64,
+                data.expires_in,
+            )
         except storage.PresignUnsupported:
             raise errors.Conflict(
                 "this upload profile stores originals on local storage, which cannot presign uploads; "
@@ -208,11 +219,11 @@ async def _insert_quick(
 ) -> Response[schemas.ImageOut]:
     try:
         async with db.begin():
-            existing = (
-                await images.find_duplicate(db, planned.project_id, planned.upload_profile_id, spooled.sha256, lock=True)
-                if dedupe
-                else None
-            )
+            existing = None
+            if dedupe:
+                existing = await images.find_duplicate(
+                    db, planned.project_id, planned.upload_profile_id, spooled.sha256, lock=True
+                )
             if existing is None:
                 image = await images.insert(db, planned)
                 await images.record_upload(db, image, spooled)

@@ -152,7 +152,7 @@ async def _jobs(session: AsyncSession) -> list[Family]:
     depth = {jobs.QUEUE: 0, jobs.WEBHOOK_QUEUE: 0, **dict((await session.execute(TODO)).tuples().all())}
     return [
         Family("picstore_jobs", "gauge",
-               "Jobs by task and status (todo, doing, succeeded, failed, ...); finished jobs are kept.",
+               "Jobs by task and status (todo, doing, succeeded, failed, ...); finished jobs are kept for a week.",
                [("", (("task", t), ("status", s)), n) for t, s, n in by_task]),
         Family("picstore_queue_depth", "gauge",
                "Jobs waiting to run (todo, scheduled retries included) by queue.",

@@ -278,7 +278,8 @@ class ImageUpdate(Request):
 class UploadUrlIn(Request):
     content_length: Annotated[int, Meta(ge=1)]
     sha256: Annotated[str, Meta(pattern=r"^[0-9a-fA-F]{64}$")]
-    content_type: Annotated[str, Meta(max_length=100, pattern=r"^image/[A-Za-z0-9.+-]+$")] = "application/octet-stream"
+    # The Content-Type the PUT must carry (it is signed); by default the one the filename's extension implies.
+    content_type: Annotated[str, Meta(max_length=100, pattern=r"^image/[A-Za-z0-9.+-]+$")] | None = None
     expires_in: Annotated[int, Meta(ge=60, le=7 * 86400)] = 3600
 
 

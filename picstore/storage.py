@@ -16,12 +16,12 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
+import fcntl
 import mimetypes
 import os
 import secrets
 import shutil
 import stat
-import tempfile
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from contextlib import (
@@ -172,24 +172,50 @@ def check_key(key: str) -> str:
 # Local filesystem
 
 
+def _open_locked(path: Path) -> int:
+    """Open (or create) `path` for writing under an exclusive flock, as the file currently at that path.
+
+    A writer that got the lock only after the previous holder renamed the file away would otherwise
+    write into the renamed object, so it checks the inode and starts over.
+    """
+    while True:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            if os.path.samestat(os.fstat(fd), os.stat(path, follow_symlinks=False)):
+                os.ftruncate(fd, 0)
+                return fd
+        except FileNotFoundError:
+            pass
+        except BaseException:
+            os.close(fd)
+            raise
+        os.close(fd)
+
+
 @contextmanager
 def _atomic_file(dest: Path) -> Iterator[BinaryIO]:
     """Yield a temp file next to `dest` that replaces it only on success.
 
     The temp file lives in the destination folder so os.replace is a same-filesystem rename:
-    readers see the old object or the new one, never a partial file.
+    readers see the old object or the new one, never a partial file. Its name is fixed per object
+    and it is held under a flock until renamed: a writer killed mid-write (SIGKILL, power cut) cannot
+    clean up, and the next write of the object (a resumed conversion rewrites exactly those) reuses
+    that leftover instead of leaving it in the folder forever.
     """
     dest.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=dest.parent, prefix=f".{dest.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as out:
+    tmp = dest.with_name(f".{dest.name}.tmp")
+    with os.fdopen(_open_locked(tmp), "wb") as out:
+        try:
             yield out
-        os.chmod(tmp, _FILE_MODE)
-        os.replace(tmp, dest)
-    except BaseException:
-        with suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
+            out.flush()
+            os.fchmod(out.fileno(), _FILE_MODE)
+            os.replace(tmp, dest)
+        except BaseException:
+            # Still under the lock: the file at `tmp` is ours, not a concurrent writer's.
+            with suppress(FileNotFoundError):
+                os.unlink(tmp)
+            raise
 
 
 def _write_durably(dest: Path, fill: Callable[[BinaryIO], object]) -> int:

@@ -25,7 +25,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import anyio.to_thread
-from procrastinate import BaseRetryStrategy, JobContext, RetryDecision, RetryStrategy
+from procrastinate import BaseRetryStrategy, JobContext, RetryDecision
 from procrastinate.jobs import Job
 from sqlalchemy import delete, select, text, update
 from sqlalchemy.exc import DBAPIError
@@ -39,13 +39,28 @@ log = logging.getLogger("picstore.worker")
 OUTPUT_CACHE_CONTROL = "public, max-age=31536000, immutable"
 RETRIES = 4
 TRANSIENT = (storage.StorageError, sealing.SealError, OSError, DBAPIError)
-RETRY = RetryStrategy(max_attempts=RETRIES, wait=1, exponential_wait=2, retry_exceptions=set(TRANSIENT))
+
+
+class _Backoff(BaseRetryStrategy):
+    """RETRIES retries of a TRANSIENT error, after 3, 5, 9 and 17 times the base:
+    settings.job_retry_base_seconds (PICSTORE_JOB_RETRY_BASE_SECONDS, default 1 s), set by run_worker."""
+
+    base_seconds = 1.0
+
+    def get_retry_decision(self, *, exception: BaseException, job: Job) -> RetryDecision | None:
+        if job.attempts >= RETRIES or not isinstance(exception, TRANSIENT):
+            return None
+        return RetryDecision(retry_in={"seconds": self.base_seconds * (1 + 2 ** (job.attempts + 1))})
+
+
+RETRY = _Backoff()
 STALLED_AFTER_SECONDS = 30
 RECONCILE_AFTER = timedelta(seconds=30)
 # A sixth cron field is seconds (croniter): a SIGKILLed worker's jobs are retried at most
 # STALLED_AFTER_SECONDS + 15 s after its last heartbeat, instead of up to a minute later. A run that finds
 # nothing to do is three small queries.
 RECONCILE_CRON = "* * * * * */15"
+JOB_HISTORY_HOURS = 7 * 24
 
 
 @dataclass(frozen=True)
@@ -398,6 +413,14 @@ async def purge_obsolete(context: JobContext, timestamp: int) -> None:
                 await (await res.stores.for_location(location)).delete(output.location)
 
 
+@jobs.app.periodic(cron="17 * * * *", periodic_id="forget_old_jobs")
+@jobs.app.task(name="picstore.tasks.forget_old_jobs", queue=jobs.QUEUE, pass_context=True, queueing_lock="forget")
+async def forget_old_jobs(context: JobContext, timestamp: int) -> None:
+    """Keep procrastinate's job table bounded (reconcile alone adds a row every 15 s): drop finished jobs
+    after a week. Failed ones stay for inspection; the image rows keep every failure's reason anyway."""
+    await context.app.job_manager.delete_old_jobs(nb_hours=JOB_HISTORY_HOURS)
+
+
 def _outcome(context: JobContext, exc: BaseException) -> str:
     task = context.app.tasks.get(context.job.task_name)
     return "retrying" if task is not None and task.get_retry_exception(exc, context.job) else "failed"
@@ -422,6 +445,7 @@ async def _log_job(call_next: Callable[[], Awaitable[Any]], context: JobContext,
 async def run_worker(settings: Settings, concurrency: int) -> None:
     """Run until SIGINT/SIGTERM; running jobs finish first (procrastinate's graceful shutdown)."""
     logs.configure(settings.log_level)
+    RETRY.base_seconds = settings.job_retry_base_seconds
     engine = db.make_engine(settings.database_url, concurrency + 2)
     try:
         async with stores.Stores(settings) as store_cache, jobs.open_app(settings, max_size=concurrency + 2) as app:

@@ -28,6 +28,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from picstore import cli, db
 from picstore.app import create_app
 from picstore.settings import Settings, database_url
+from picstore.storage import LocalStorage
 
 # AVIF at effort 2 takes long enough (tenths of a second per output) to catch a worker mid-image.
 CRASH_PROFILE = {
@@ -226,6 +227,18 @@ async def check_outputs_once(
     return len(rows)
 
 
+async def output_mtimes(
+    sessions: async_sessionmaker[AsyncSession], image_ids: list[uuid.UUID], storage_dir: Path
+) -> dict[str, int]:
+    async with sessions() as session:
+        locations = (
+            await session.scalars(
+                text("SELECT location FROM output_images WHERE base_image_id = ANY(:ids)"), {"ids": image_ids}
+            )
+        ).all()
+    return {location: (storage_dir / location).stat().st_mtime_ns for location in locations}
+
+
 def originals_on_disk(storage_dir: Path) -> list[Path]:
     return sorted(
         p for p in storage_dir.rglob("*") if p.is_file() and "orig" in p.relative_to(storage_dir).parts
@@ -261,30 +274,61 @@ async def test_sigkilled_worker_loses_and_duplicates_nothing(
     assert set((await image_statuses(crash_sessions, tenant)).values()) == {"queued"}
 
     first = workers.start()
-    deadline = time.monotonic() + 60
-    while "converting" not in (statuses := await image_statuses(crash_sessions, tenant)).values():
+    # Mid-stream: some images finished (they must not be redone), some converting (they must be resumed).
+    deadline = time.monotonic() + 90
+    while True:
+        statuses = await image_statuses(crash_sessions, tenant)
+        if {"ready", "converting"} <= set(statuses.values()):
+            break
         assert first.poll() is None and time.monotonic() < deadline, workers.log_tail()
         await asyncio.sleep(0.02)
     first.kill()  # SIGKILL: no graceful shutdown, no cleanup
     first.wait()
     killed_at = time.monotonic()
     in_flight = [i for i, s in statuses.items() if s == "converting"]
+    done_at_kill = [i for i, s in statuses.items() if s == "ready"]
+    finished = await output_mtimes(crash_sessions, done_at_kill, storage_dir)
     assert (await job_counts(crash_sessions)).get("doing", 0) >= 1  # the dead worker's jobs stay `doing`
-    ready_at_kill = sum(s == "ready" for s in statuses.values())
 
     workers.start()
     await wait_all_ready(crash_sessions, tenant, len(CRASH_FILES), RECOVERY_TIMEOUT_S, workers)
     recovered_s = time.monotonic() - killed_at
     outputs = await check_outputs_once(crash_sessions, tenant, storage_dir, per_image=6)
+    # Finished images were not converted again: their files were never rewritten.
+    assert await output_mtimes(crash_sessions, done_at_kill, storage_dir) == finished
     assert len(originals_on_disk(storage_dir)) == len(CRASH_FILES)
     jobs = await job_counts(crash_sessions)
     assert set(jobs) == {"succeeded"}, jobs
     # Recovered by the path under test: the dead worker's jobs were found stalled and retried.
     assert "retrying stalled job" in workers.log(1), workers.log_tail()
     print(
-        f"\nSIGKILL with {len(in_flight)} image(s) converting and {ready_at_kill} ready; "
+        f"\nSIGKILL with {len(in_flight)} image(s) converting and {len(done_at_kill)} ready; "
         f"all {len(CRASH_FILES)} ready ({outputs} outputs) {recovered_s:.1f} s after the kill"
     )
+
+
+# --------------------------------------------------------------------------- local writes after a crash
+
+
+async def test_local_write_reuses_what_a_killed_writer_left(tmp_path: Path) -> None:
+    """A SIGKILLed writer leaves its temp file (the kernel drops only its lock); rewriting the same
+    object, as a resumed conversion does, consumes it instead of leaving it in the folder."""
+    store = LocalStorage(str(tmp_path))
+    (tmp_path / "out").mkdir()
+    (tmp_path / "out" / ".a-w150.webp.tmp").write_bytes(b"half of an earlier attempt")
+    await store.put_bytes("out/a-w150.webp", b"webp bytes", "image/webp")
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["a-w150.webp"]
+    assert (tmp_path / "out" / "a-w150.webp").read_bytes() == b"webp bytes"
+
+
+async def test_concurrent_local_writes_of_one_key_never_mix(tmp_path: Path) -> None:
+    """The temp file is per object, so writers of one key take turns on it: each replaces the object
+    whole, none fails, and nothing is left over."""
+    store = LocalStorage(str(tmp_path))
+    bodies = [bytes([i]) * (1000 + 5000 * i) for i in range(20)]
+    await asyncio.gather(*(store.put_bytes("out/same.png", body, "image/png") for body in bodies))
+    assert (tmp_path / "out" / "same.png").read_bytes() in bodies
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["same.png"]
 
 
 # ------------------------------------------------------------------------------------- concurrency
