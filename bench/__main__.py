@@ -21,7 +21,9 @@ RESULTS = ROOT / "bench-results" / "latest.json"
 
 def parse(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="scripts/bench", description=__doc__)
-    parser.add_argument("--only", default=",".join(SECTIONS), help=f"comma-separated subset of {', '.join(SECTIONS)}")
+    parser.add_argument(
+        "--only", default=",".join(SECTIONS), help=f"comma-separated subset of {', '.join(SECTIONS)}"
+    )
     parser.add_argument("--reps", type=int, default=3, help="repetitions per measurement (default 3)")
     parser.add_argument("--load-seconds", type=float, default=10.0, help="length of each load-generator run")
     parser.add_argument("--output", type=Path, default=RESULTS, help="results file (JSON)")
@@ -38,7 +40,10 @@ def main(argv: list[str] | None = None) -> None:
     rows: list[report.Row] = []
     sections: dict[str, Any] = {}
     info = {**machine.describe(), "load_at_start": machine.load()}
-    print(f"# {info['cpu']}, {info['cores']} cores, {info['ram_gib']} GiB; load {info['load_at_start']}", flush=True)
+    print(
+        f"# {info['cpu']}, {info['cores']} cores, {info['ram_gib']} GiB; load {info['load_at_start']}",
+        flush=True,
+    )
     with postgres_server() as server, tempfile.TemporaryDirectory(prefix="picstore-bench-logs-") as logs:
         ctx = Context(server, Path(logs), args.reps, args.load_seconds)
         for name in chosen:
@@ -46,14 +51,18 @@ def main(argv: list[str] | None = None) -> None:
             before, started = machine.load(), time.monotonic()
             print(f"## {name} (load {before[0]:.2f})", flush=True)
             found = asyncio.run(module.run(ctx))
-            sections[name] = {"load_before": before, "load_after": machine.load(),
-                              "seconds": round(time.monotonic() - started, 1)}
+            sections[name] = {
+                "load_before": before,
+                "load_after": machine.load(),
+                "seconds": round(time.monotonic() - started, 1),
+            }
             print(report.table(found), flush=True)
             rows.extend(found)
     info["load_at_end"] = machine.load()
     report.write_json(args.output, info, sections, rows)
     print("\n" + report.table(rows))
-    print(f"\nload average at start {info['load_at_start']}, at end {info['load_at_end']}; results in {args.output}")
+    print(f"\nload average at start {info['load_at_start']}, at end {info['load_at_end']}")
+    print(f"results in {args.output}")
 
 
 if __name__ == "__main__":

@@ -31,7 +31,8 @@ async def ready_image(stack: Stack) -> str:
     await stack.start_workers(1, concurrency=2)
     async with stack.client() as http:
         _, image = await client.convert_through_api(
-            http, stack.tenant.project, stack.tenant.upload_profile, inputs.PUG_12MP, "pug.jpg")
+            http, stack.tenant.project, stack.tenant.upload_profile, inputs.PUG_12MP, "pug.jpg"
+        )
     await stack.stop_workers()
     count = len(client.ready_outputs(image))
     if count != 9:
@@ -43,8 +44,12 @@ async def ready_image(stack: Stack) -> str:
 async def start_ceiling(stack: Stack) -> tuple[subprocess.Popen[bytes], str]:
     port = free_port()
     with (stack.logs / "api-ceiling.log").open("ab") as log:
-        process = subprocess.Popen([sys.executable, "-m", "bench.ceiling", str(port)], cwd=inputs.ROOT,
-                                   stdout=log, stderr=subprocess.STDOUT)
+        process = subprocess.Popen(
+            [sys.executable, "-m", "bench.ceiling", str(port)],
+            cwd=inputs.ROOT,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
     url = f"http://127.0.0.1:{port}/ping"
     await wait_http(url, process)
     return process, url
@@ -79,24 +84,54 @@ async def run(ctx: Context) -> list[Row]:
 def rows_for(found: dict[str, list[loadgen.Load]]) -> list[Row]:
     ceiling = median(load.rate for load in found["ceiling"])
     note = f"{loadgen.tool()}, {CONNECTIONS} connections"
-    rows = [Row(SECTION, "trivial Litestar route (ceiling): p99", median(x.p99_ms for x in found["ceiling"]), "ms",
-                note=f"{ceiling:.0f} req/s")]
-    paths = {"image": "GET /api/images/{id}", "picture": "GET /api/images/{id}/picture", "health": "GET /api/health"}
+    rows = [
+        Row(
+            SECTION,
+            "trivial Litestar route (ceiling): p99",
+            median(x.p99_ms for x in found["ceiling"]),
+            "ms",
+            note=f"{ceiling:.0f} req/s",
+        )
+    ]
+    paths = {
+        "image": "GET /api/images/{id}",
+        "picture": "GET /api/images/{id}/picture",
+        "health": "GET /api/health",
+    }
     for name, path in paths.items():
         loads = found[name]
         rate, p99 = median(x.rate for x in loads), median(x.p99_ms for x in loads)
         errors = sum(x.errors for x in loads)
         targeted = name != "health"
-        details = {"rates": [x.rate for x in loads], "p50_ms": [x.p50_ms for x in loads],
-                   "p99_ms": [x.p99_ms for x in loads], "errors": errors}
-        rows.append(Row(
-            SECTION, f"{path}: throughput", rate, "req/s", ceiling, rate / ceiling,
-            f"≥ {THROUGHPUT_TARGET}×" if targeted else "",
-            (rate / ceiling >= THROUGHPUT_TARGET and errors == 0) if targeted else None,
-            note=note if errors == 0 else f"{note}, {errors} errors", details=details,
-        ))
-        rows.append(Row(
-            SECTION, f"{path}: p99", p99, "ms", target=f"< {P99_TARGET_MS:.0f} ms" if targeted else "",
-            ok=p99 < P99_TARGET_MS if targeted else None, note=f"p50 {median(x.p50_ms for x in loads):.1f} ms",
-        ))
+        details = {
+            "rates": [x.rate for x in loads],
+            "p50_ms": [x.p50_ms for x in loads],
+            "p99_ms": [x.p99_ms for x in loads],
+            "errors": errors,
+        }
+        rows.append(
+            Row(
+                SECTION,
+                f"{path}: throughput",
+                rate,
+                "req/s",
+                ceiling,
+                rate / ceiling,
+                f"≥ {THROUGHPUT_TARGET}x" if targeted else "",
+                (rate / ceiling >= THROUGHPUT_TARGET and errors == 0) if targeted else None,
+                note=note if errors == 0 else f"{note}, {errors} errors",
+                details=details,
+            )
+        )
+        rows.append(
+            Row(
+                SECTION,
+                f"{path}: p99",
+                p99,
+                "ms",
+                target=f"< {P99_TARGET_MS:.0f} ms" if targeted else "",
+                ok=p99 < P99_TARGET_MS if targeted else None,
+                note=f"p50 {median(x.p50_ms for x in loads):.1f} ms",
+            )
+        )
     return rows

@@ -23,8 +23,13 @@ def create_app() -> Litestar:
 
 def main(port: int) -> None:
     uvicorn.run(
-        "bench.ceiling:create_app", factory=True, host="127.0.0.1", port=port,
-        log_level="warning", workers=1, access_log=False,
+        "bench.ceiling:create_app",
+        factory=True,
+        host="127.0.0.1",
+        port=port,
+        log_level="warning",
+        workers=1,
+        access_log=False,
     )
 
 

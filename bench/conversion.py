@@ -38,8 +38,13 @@ class Limit:
     @classmethod
     async def start(cls) -> Limit:
         process = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "bench.sides", "limit", cwd=inputs.ROOT,
-            stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
+            sys.executable,
+            "-m",
+            "bench.sides",
+            "limit",
+            cwd=inputs.ROOT,
+            stdin=asyncio.subprocess.PIPE,
+            stdout=asyncio.subprocess.PIPE,
         )
         return cls(process)
 
@@ -50,7 +55,9 @@ class Limit:
         await self.process.stdin.drain()
         line = await self.process.stdout.readline()
         if not line:
-            raise RuntimeError(f"the pyvips limit process exited ({await self.process.wait()}) on {path.name}")
+            raise RuntimeError(
+                f"the pyvips limit process exited ({await self.process.wait()}) on {path.name}"
+            )
         reply: dict[str, Any] = json.loads(line)
         return reply
 
@@ -87,11 +94,24 @@ async def run(ctx: Context) -> list[Row]:
                             pipeline.append(seconds)
                             limits.append(reply["seconds"])
                     ours, base = median(pipeline), median(limits)
-                    rows.append(Row(
-                        "1 pipeline vs pyvips", name, ours, "s", base, ours / base, f"≤ {TARGET}×",
-                        ours / base <= TARGET, note=f"{len(planned)} outputs",
-                        details={"pipeline_s": pipeline, "limit_s": limits, "outputs": [o.key for o in planned]},
-                    ))
+                    rows.append(
+                        Row(
+                            "1 pipeline vs pyvips",
+                            name,
+                            ours,
+                            "s",
+                            base,
+                            ours / base,
+                            f"≤ {TARGET}x",
+                            ours / base <= TARGET,
+                            note=f"{len(planned)} outputs",
+                            details={
+                                "pipeline_s": pipeline,
+                                "limit_s": limits,
+                                "outputs": [o.key for o in planned],
+                            },
+                        )
+                    )
         finally:
             await limit.close()
     return rows

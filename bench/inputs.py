@@ -68,7 +68,9 @@ def noisy_jpeg() -> Path:
     path, missing = _cached("noisy-20mb.jpg")
     if missing:
         photo = pyvips.Image.thumbnail(str(PUG_12MP), 4736, height=_UNBOUNDED, size="both")
-        noise = [pyvips.Image.gaussnoise(photo.width, photo.height, sigma=16, mean=0, seed=s) for s in (1, 2, 3)]
+        noise = [
+            pyvips.Image.gaussnoise(photo.width, photo.height, sigma=16, mean=0, seed=s) for s in (1, 2, 3)
+        ]
         noisy = (photo + noise[0].bandjoin(noise[1:])).cast("uchar").copy(interpretation="srgb")
         _publish(noisy, path, Q=95, keep="none")
     return path
@@ -88,6 +90,8 @@ def small_jpegs() -> list[Path]:
         cells = i // 2
         left = (cells * 97) % (source.width - side)
         top = (cells * 61) % (source.height - side)
-        crop = source.crop(left, top, side, side).thumbnail_image(SMALL_SIDE, height=SMALL_SIDE, crop="centre")
+        crop = source.crop(left, top, side, side).thumbnail_image(
+            SMALL_SIDE, height=SMALL_SIDE, crop="centre"
+        )
         _publish(crop, path, Q=85, keep="none")
     return paths

@@ -42,20 +42,37 @@ async def run(url: str, headers: dict[str, str], connections: int, seconds: floa
     """One load run against url; the generator runs in its own process either way."""
     if tool() == "wrk":
         header_args = [arg for name, value in headers.items() for arg in ("-H", f"{name}: {value}")]
-        command = ["wrk", "-t1", f"-c{connections}", f"-d{max(1, round(seconds))}s", "-s", str(LUA), *header_args, url]
+        command = [
+            "wrk",
+            "-t1",
+            f"-c{connections}",
+            f"-d{max(1, round(seconds))}s",
+            "-s",
+            str(LUA),
+            *header_args,
+            url,
+        ]
     else:
         options = {"url": url, "headers": headers, "connections": connections, "seconds": seconds}
         command = [sys.executable, "-m", "bench.loadgen", json.dumps(options)]
     process = await asyncio.create_subprocess_exec(
-        *command, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT, cwd=Path(__file__).resolve().parents[1]
+        *command,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.STDOUT,
+        cwd=Path(__file__).resolve().parents[1],
     )
     out, _ = await process.communicate()
     lines = [raw for raw in out.decode().splitlines() if raw.startswith("{")]
     if not lines:
         raise RuntimeError(f"{command[0]} reported nothing for {url}: {out.decode()[-500:]}")
     found = json.loads(lines[-1])
-    return Load(found["requests"], found["duration_us"] / 1e6, found["p50_us"] / 1000, found["p99_us"] / 1000,
-                found["socket_errors"] + found["status_errors"])
+    return Load(
+        found["requests"],
+        found["duration_us"] / 1e6,
+        found["p50_us"] / 1000,
+        found["p99_us"] / 1000,
+        found["socket_errors"] + found["status_errors"],
+    )
 
 
 async def _client(url: str, headers: dict[str, str], connections: int, seconds: float) -> dict[str, Any]:
@@ -80,8 +97,14 @@ async def _client(url: str, headers: dict[str, str], connections: int, seconds: 
         await asyncio.gather(*(loop() for _ in range(connections)))
         duration = time.perf_counter() - began
     cuts = statistics.quantiles(latencies, n=100)
-    return {"requests": len(latencies), "duration_us": int(duration * 1e6), "p50_us": int(cuts[49] * 1e6),
-            "p99_us": int(cuts[98] * 1e6), "socket_errors": 0, "status_errors": errors}
+    return {
+        "requests": len(latencies),
+        "duration_us": int(duration * 1e6),
+        "p50_us": int(cuts[49] * 1e6),
+        "p99_us": int(cuts[98] * 1e6),
+        "socket_errors": 0,
+        "status_errors": errors,
+    }
 
 
 if __name__ == "__main__":

@@ -35,8 +35,13 @@ def cases() -> list[tuple[str, Path, tuple[str, ...] | None, bool]]:
 async def side(command: str, request: dict[str, Any]) -> dict[str, Any]:
     """One side in its own process; the request goes in on stdin, the JSON result comes back on stdout."""
     process = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "bench.sides", command, cwd=inputs.ROOT,
-        stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
+        sys.executable,
+        "-m",
+        "bench.sides",
+        command,
+        cwd=inputs.ROOT,
+        stdin=asyncio.subprocess.PIPE,
+        stdout=asyncio.subprocess.PIPE,
     )
     out, _ = await process.communicate(json.dumps(request).encode())
     if process.returncode != 0:
@@ -71,14 +76,35 @@ def rows_for(name: str, planned: list[outputs.Output], found: dict[str, Any], ta
     theirs_mib = median(r["maxrss_kib"] for r in theirs) / 1024
     speedup = theirs_s / ours_s
     rows = [
-        Row(SECTION, f"{name}: time", ours_s, "s", theirs_s, speedup,
-            f"≥ {SPEEDUP_TARGET}× faster" if targeted else "", speedup >= SPEEDUP_TARGET if targeted else None,
-            details={"picstore_s": [r["seconds"] for r in ours], "pillow_s": [r["seconds"] for r in theirs],
-                     "pillow_settings": found["settings"]}),
-        Row(SECTION, f"{name}: peak RSS", ours_mib, "MiB", theirs_mib, ours_mib / theirs_mib,
-            "< 1× (lower)" if targeted else "", ours_mib < theirs_mib if targeted else None,
-            details={"picstore_rss_before_mib": median(r["rss_before_kib"] for r in ours) / 1024,
-                     "pillow_rss_before_mib": median(r["rss_before_kib"] for r in theirs) / 1024}),
+        Row(
+            SECTION,
+            f"{name}: time",
+            ours_s,
+            "s",
+            theirs_s,
+            speedup,
+            f"≥ {SPEEDUP_TARGET}x faster" if targeted else "",
+            speedup >= SPEEDUP_TARGET if targeted else None,
+            details={
+                "picstore_s": [r["seconds"] for r in ours],
+                "pillow_s": [r["seconds"] for r in theirs],
+                "pillow_settings": found["settings"],
+            },
+        ),
+        Row(
+            SECTION,
+            f"{name}: peak RSS",
+            ours_mib,
+            "MiB",
+            theirs_mib,
+            ours_mib / theirs_mib,
+            "< 1x (lower)" if targeted else "",
+            ours_mib < theirs_mib if targeted else None,
+            details={
+                "picstore_rss_before_mib": median(r["rss_before_kib"] for r in ours) / 1024,
+                "pillow_rss_before_mib": median(r["rss_before_kib"] for r in theirs) / 1024,
+            },
+        ),
     ]
     ours_bytes, theirs_bytes = ours[0]["sizes"], theirs[0]["sizes"]
     per_output = {k: ours_bytes[k] / theirs_bytes[k] for k in ours_bytes}
@@ -86,12 +112,20 @@ def rows_for(name: str, planned: list[outputs.Output], found: dict[str, Any], ta
     for fmt, total in ours_fmt.items():
         ratios = [per_output[o.key] for o in planned if o.format == fmt]
         within = all(abs(r - 1) <= BYTES_TOLERANCE for r in ratios)
-        rows.append(Row(
-            SECTION, f"{name}: {fmt} bytes", total / 1000, "kB", theirs_fmt[fmt] / 1000, total / theirs_fmt[fmt],
-            "each output within ±5 %", within,
-            note=f"per output {min(ratios):.3f}–{max(ratios):.3f}",
-            details={"per_output": {o.key: per_output[o.key] for o in planned if o.format == fmt}},
-        ))
+        rows.append(
+            Row(
+                SECTION,
+                f"{name}: {fmt} bytes",
+                total / 1000,
+                "kB",
+                theirs_fmt[fmt] / 1000,
+                total / theirs_fmt[fmt],
+                "each output within ±5 %",
+                within,
+                note=f"per output {min(ratios):.3f}-{max(ratios):.3f}",
+                details={"per_output": {o.key: per_output[o.key] for o in planned if o.format == fmt}},
+            )
+        )
     return rows
 
 

@@ -50,7 +50,9 @@ def encode(image: Image.Image, output: Output, settings: Mapping[str, Any]) -> b
             image = flat
         image.save(buffer, "JPEG", quality=settings["quality"], optimize=True, progressive=True)
     elif output.format == "webp":
-        image.save(buffer, "WEBP", quality=settings["quality"], method=output.effort, lossless=output.lossless)
+        image.save(
+            buffer, "WEBP", quality=settings["quality"], method=output.effort, lossless=output.lossless
+        )
     elif output.format == "avif":
         # libvips' effort e is AOM speed 9 - e; Pillow's speed is AOM's speed.
         image.save(buffer, "AVIF", quality=settings["quality"], speed=9 - output.effort)
@@ -67,7 +69,9 @@ def resized(source: Image.Image, width: int, height: int) -> Image.Image:
     return source.resize((width, height), Image.Resampling.LANCZOS, reducing_gap=REDUCING_GAP)
 
 
-def convert(path: str, outputs: Sequence[Output], settings: Mapping[str, Mapping[str, Any]]) -> dict[str, bytes]:
+def convert(
+    path: str, outputs: Sequence[Output], settings: Mapping[str, Mapping[str, Any]]
+) -> dict[str, bytes]:
     """Every output from one decode, largest size first."""
     largest = max(outputs, key=lambda o: o.width)
     source = decode(path, largest.width, largest.height)

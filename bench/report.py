@@ -61,7 +61,7 @@ def table(rows: Sequence[Row]) -> str:
         "|---|---|---|---|---|---|---|",
     ]
     for row in rows:
-        ratio = "" if row.ratio is None else f"{row.ratio:.2f}×"
+        ratio = "" if row.ratio is None else f"{row.ratio:.2f}x"
         case = f"{row.case} ({row.note})" if row.note else row.case
         lines.append(
             f"| {row.section} | {case} | {fmt(row.ours, row.unit)} | {fmt(row.baseline, row.unit)} "

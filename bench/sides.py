@@ -71,9 +71,8 @@ def limit_server() -> None:
 
 
 def render(request: dict[str, Any]) -> dict[str, Any]:
-    from picstore import imaging
-
     from bench import plans
+    from picstore import imaging
 
     _warm_vips()
     path = Path(request["path"])
@@ -103,7 +102,9 @@ def calibrate(request: dict[str, Any]) -> dict[str, Any]:
 
 
 COMMANDS: dict[str, Callable[[dict[str, Any]], dict[str, Any]]] = {
-    "render": render, "pillow": pillow, "calibrate": calibrate,
+    "render": render,
+    "pillow": pillow,
+    "calibrate": calibrate,
 }
 
 

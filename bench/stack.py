@@ -29,10 +29,9 @@ from typing import Any
 import asyncpg
 import httpx
 
+from bench.inputs import ROOT
 from picstore import auth, bootstrap, cli, db, ids
 from picstore.settings import Settings, database_url
-
-from bench.inputs import ROOT
 
 HUGE_MAX_PIXELS = 300_000_000
 START_TIMEOUT_S = 60.0
@@ -103,7 +102,9 @@ def _objects(settings: Settings, key: str) -> tuple[dict[str, list[dict[str, Any
     objects = cli.local_objects(settings, key)
     huge = copy.deepcopy(objects["upload_profile"][0])
     huge.update(
-        id=ids.format_id(ids.UPLOAD_PROFILE, ids.new_uuid()), name="Huge", short_id="huge",
+        id=ids.format_id(ids.UPLOAD_PROFILE, ids.new_uuid()),
+        name="Huge",
+        short_id="huge",
         max_pixels=HUGE_MAX_PIXELS,
     )
     objects["upload_profile"].append(huge)
@@ -123,8 +124,11 @@ class Stack:
         self.port = free_port()
         self.base_url = f"http://127.0.0.1:{self.port}"
         self.settings = Settings(
-            database_url=self.url, secret_key=secrets.token_urlsafe(32), port=self.port,
-            local_storage_roots=(str(self.storage),), public_url=self.base_url,
+            database_url=self.url,
+            secret_key=secrets.token_urlsafe(32),
+            port=self.port,
+            local_storage_roots=(str(self.storage),),
+            public_url=self.base_url,
         )
         self.api: subprocess.Popen[bytes] | None = None
         self.workers: list[subprocess.Popen[bytes]] = []
@@ -163,15 +167,17 @@ class Stack:
             "PICSTORE_PUBLIC_URL": self.base_url,
             "PICSTORE_HOST": "127.0.0.1",
             "PICSTORE_PORT": str(self.port),
-            "PICSTORE_LOG_LEVEL": "WARNING",
         }
 
     def _spawn(self, name: str, *args: str) -> subprocess.Popen[bytes]:
         self.logs.mkdir(parents=True, exist_ok=True)
         with (self.logs / f"{self.label}-{name}.log").open("ab") as log:
             return subprocess.Popen(
-                [sys.executable, "-m", "picstore", *args], env=self.env(), cwd=ROOT,
-                stdout=log, stderr=subprocess.STDOUT,
+                [sys.executable, "-m", "picstore", *args],
+                env=self.env(),
+                cwd=ROOT,
+                stdout=log,
+                stderr=subprocess.STDOUT,
             )
 
     async def start_api(self) -> subprocess.Popen[bytes]:
@@ -181,10 +187,24 @@ class Stack:
         return self.api
 
     async def start_workers(self, count: int, concurrency: int) -> list[subprocess.Popen[bytes]]:
-        started = [self._spawn(f"worker{len(self.workers) + i}", "worker", "--concurrency", str(concurrency))
-                   for i in range(count)]
+        """`picstore worker` processes, once each has registered in procrastinate_workers."""
+        registered = await self._registered_workers()
+        started = [
+            self._spawn(f"worker{len(self.workers) + i}", "worker", "--concurrency", str(concurrency))
+            for i in range(count)
+        ]
         self.workers.extend(started)
+        deadline = time.monotonic() + START_TIMEOUT_S
+        while await self._registered_workers() < registered + count:
+            if any(w.poll() is not None for w in started) or time.monotonic() > deadline:
+                raise RuntimeError(f"{count} workers did not start; see {self.logs}")
+            await asyncio.sleep(0.1)
         return started
+
+    async def _registered_workers(self) -> int:
+        rows = await self.fetch("SELECT count(*) FROM procrastinate_workers")
+        count: int = rows[0][0]
+        return count
 
     async def stop_workers(self) -> None:
         workers, self.workers = self.workers, []
@@ -203,7 +223,9 @@ class Stack:
             await conn.close()
 
 
-async def wait_http(url: str, process: subprocess.Popen[bytes] | None = None, timeout: float = START_TIMEOUT_S) -> None:
+async def wait_http(
+    url: str, process: subprocess.Popen[bytes] | None = None, timeout: float = START_TIMEOUT_S
+) -> None:
     """Until GET url answers 200; fails early when the process serving it has exited."""
     deadline = time.monotonic() + timeout
     async with httpx.AsyncClient(timeout=5) as client:

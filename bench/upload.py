@@ -14,8 +14,6 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-import httpx
-
 from bench import inputs
 from bench.context import Context
 from bench.machine import status_kib
@@ -32,8 +30,10 @@ async def upload_batch(stack: Stack, data: bytes, rep: int) -> float:
     assert stack.tenant is not None
     async with stack.client() as http:
         created = [
-            await http.post("/api/images", json={"filename": f"noisy-{rep}-{i}.jpg",
-                                                 "upload_profile_id": stack.tenant.upload_profile})
+            await http.post(
+                "/api/images",
+                json={"filename": f"noisy-{rep}-{i}.jpg", "upload_profile_id": stack.tenant.upload_profile},
+            )
             for i in range(CONCURRENCY)
         ]
         ids = [r.json()["id"] for r in created]
@@ -86,8 +86,23 @@ async def run(ctx: Context) -> list[Row]:
     ours, base = megabytes / median(uploads), megabytes / median(copies)
     size = f"{CONCURRENCY} x {len(data) / 1e6:.1f} MB JPEG"
     return [
-        Row(SECTION, f"{size}: api peak RSS", peak_mib, "MiB", target=f"< {RSS_TARGET_MIB} MiB",
-            ok=peak_mib < RSS_TARGET_MIB, note=f"{idle_mib:.0f} MiB idle"),
-        Row(SECTION, f"{size}: throughput vs plain durable copies", ours, "MB/s", base, ours / base,
-            note="local storage", details={"upload_s": uploads, "copy_s": copies}),
+        Row(
+            SECTION,
+            f"{size}: api peak RSS",
+            peak_mib,
+            "MiB",
+            target=f"< {RSS_TARGET_MIB} MiB",
+            ok=peak_mib < RSS_TARGET_MIB,
+            note=f"{idle_mib:.0f} MiB idle",
+        ),
+        Row(
+            SECTION,
+            f"{size}: throughput vs plain durable copies",
+            ours,
+            "MB/s",
+            base,
+            ours / base,
+            note="local storage",
+            details={"upload_s": uploads, "copy_s": copies},
+        ),
     ]

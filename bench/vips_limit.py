@@ -24,11 +24,19 @@ def encode(image: pyvips.Image, output: Output) -> bytes:
     if output.format == "jpg":
         flat = image.flatten(background=WHITE) if image.hasalpha() else image
         return flat.jpegsave_buffer(
-            Q=output.quality, optimize_coding=True, interlace=True, trellis_quant=True,
-            overshoot_deringing=True, optimize_scans=True, quant_table=3, keep="none",
+            Q=output.quality,
+            optimize_coding=True,
+            interlace=True,
+            trellis_quant=True,
+            overshoot_deringing=True,
+            optimize_scans=True,
+            quant_table=3,
+            keep="none",
         )
     if output.format == "webp":
-        return image.webpsave_buffer(Q=output.quality, effort=output.effort, lossless=output.lossless, keep="none")
+        return image.webpsave_buffer(
+            Q=output.quality, effort=output.effort, lossless=output.lossless, keep="none"
+        )
     if output.format == "avif":
         return image.heifsave_buffer(compression="av1", Q=output.quality, effort=output.effort, keep="none")
     if output.format == "png":

@@ -8,11 +8,26 @@ from collections.abc import AsyncGenerator
 from contextlib import asynccontextmanager
 from typing import Any
 
+import anyio
 from litestar import Litestar, MediaType, Request, Response, Router, get
 from litestar.datastructures import CacheControlHeader, State
 from litestar.di import NamedDependency, Provide
-from litestar.exceptions import HTTPException, ValidationException
+from litestar.exceptions import (
+    HTTPException,
+    InternalServerException,
+    SerializationException,
+    ValidationException,
+)
 from litestar.openapi import OpenAPIConfig
+from litestar.openapi.spec import (
+    OpenAPIFormat,
+    OpenAPIMediaType,
+    OpenAPIResponse,
+    OpenAPIType,
+    RequestBody,
+    Schema,
+    SecurityScheme,
+)
 from litestar.static_files import create_static_files_router
 from sqlalchemy import text
 from sqlalchemy.exc import DBAPIError, IntegrityError
@@ -42,14 +57,17 @@ STATUS: dict[type[errors.PicstoreError], int] = {
     errors.NotFound: 404,
     errors.Conflict: 409,
     errors.PayloadTooLarge: 413,
+    errors.RequestTimeout: 408,
     errors.UnsupportedMedia: 415,
     errors.Invalid: 422,
     errors.Unavailable: 503,
 }
 HTTP_KINDS = {400: "bad_request", 401: "authn", 403: "missing_permission", 404: "not_found",
-              405: "method_not_allowed", 409: "conflict", 413: "payload_too_large", 415: "unsupported_media_type",
+              405: "method_not_allowed", 408: "request_timeout", 409: "conflict", 413: "payload_too_large",
+              415: "unsupported_media_type",
               422: "invalid", 429: "too_many_requests", 503: "unavailable"}
 JSON_BODY_LIMIT = 1024 * 1024
+BODY_IDLE_TIMEOUT_S = 60.0  # before the lifespan has put the settings in app.state
 
 
 def error_response(status: int, kind: str, message: str) -> Response[Any]:
@@ -73,12 +91,16 @@ def picstore_error(_: Request[Any, Any, Any], exc: errors.PicstoreError) -> Resp
 
 def _validation_message(exc: ValidationException) -> str:
     extra = exc.extra if isinstance(exc.extra, list) else []
-    details = [
-        f"{e.get('key')}: {e.get('message')}" if e.get("key") else str(e.get("message"))
-        for e in extra
-        if isinstance(e, dict)
-    ]
+    details = [_detail(e) for e in extra if isinstance(e, dict)]
     return "; ".join(details) or str(exc.detail)
+
+
+def _detail(error: dict[str, Any]) -> str:
+    key, message = error.get("key"), str(error.get("message"))
+    if key and message == repr(key):
+        # Litestar reports a missing value as the KeyError's text, e.g. "data: 'data'" for a missing body.
+        return "the request has no body: send a JSON object" if key == "data" else f"{key}: missing"
+    return f"{key}: {message}" if key else message
 
 
 def http_error(_: Request[Any, Any, Any], exc: HTTPException) -> Response[Any]:
@@ -87,6 +109,46 @@ def http_error(_: Request[Any, Any, Any], exc: HTTPException) -> Response[Any]:
         return error_response(status, "internal_server_error", "Server error")
     message = _validation_message(exc) if isinstance(exc, ValidationException) else str(exc.detail)
     return error_response(status, HTTP_KINDS.get(status, "bad_request"), message)
+
+
+class PicstoreRequest(Request[Any, Any, Any]):
+    """Litestar's Request, with what a client's body can break mapped to 4xx instead of 500."""
+
+    async def json(self) -> Any:
+        # msgspec raises UnicodeDecodeError for invalid UTF-8 inside strings and RecursionError for deep
+        # nesting; Litestar turns only msgspec.DecodeError (as SerializationException) into a 400.
+        try:
+            return await super().json()
+        except UnicodeDecodeError as exc:
+            raise SerializationException(f"JSON is malformed: invalid UTF-8 at byte {exc.start}") from None
+        except RecursionError:
+            raise SerializationException("JSON is malformed: nested too deeply") from None
+
+    async def stream(self) -> AsyncGenerator[bytes, None]:
+        # A client that hangs up mid-body is not a server error (Litestar raises a 500 for it), and one that
+        # stops sending (a short body under a longer Content-Length, a slow-loris) must not hold the request
+        # open forever.
+        settings: Settings | None = getattr(self.app.state, "settings", None)
+        idle = settings.body_idle_timeout_seconds if settings else BODY_IDLE_TIMEOUT_S
+        chunks = super().stream()
+        try:
+            while True:
+                try:
+                    with anyio.fail_after(idle):
+                        chunk = await anext(chunks)
+                except StopAsyncIteration:
+                    return
+                except TimeoutError:
+                    raise errors.RequestTimeout(
+                        f"the client sent no body bytes for {idle:g} s; send the whole body without pausing"
+                    ) from None
+                yield chunk
+        except InternalServerException as exc:
+            if "disconnected" not in str(exc.detail):
+                raise
+            raise errors.BadRequest("the client disconnected before sending the whole body") from None
+        finally:
+            await chunks.aclose()
 
 
 def database_error(request: Request[Any, Any, Any], exc: DBAPIError) -> Response[Any]:
@@ -145,7 +207,7 @@ async def metrics_endpoint(state: State) -> str:
 def _resources(settings: Settings) -> Any:
     @asynccontextmanager
     async def lifespan(app: Litestar) -> AsyncGenerator[None, None]:
-        engine = db.make_engine(settings.database_url, settings.db_pool_size)
+        engine = db.make_engine(settings.database_url, settings.db_pool_size, settings.db_timeout_seconds)
         app.state.engine = engine
         app.state.sessionmaker = db.make_sessionmaker(engine)
         app.state.settings = settings
@@ -158,6 +220,70 @@ def _resources(settings: Settings) -> Any:
                 await engine.dispose()
 
     return lifespan
+
+
+ERROR_SCHEMA = Schema(
+    type=OpenAPIType.OBJECT,
+    required=["error"],
+    properties={
+        "error": Schema(
+            type=OpenAPIType.OBJECT,
+            required=["kind", "message"],
+            properties={"kind": Schema(type=OpenAPIType.STRING), "message": Schema(type=OpenAPIType.STRING)},
+        )
+    },
+)
+ERRORS = {
+    400: "Malformed request: the message says which part",
+    401: "Missing, invalid, expired or revoked API key",
+    403: "The key lacks the named permission",
+    404: "Not found, or another team's",
+    408: "The client stopped sending the body",
+    409: "Conflicts with the current state",
+    413: "The body is too large",
+    415: "Not an image format this upload profile accepts",
+    422: "Invalid reference, profile or image",
+    503: "The database is unavailable; retry shortly",
+}
+UPLOAD_PATHS = ("/upload", "/quick_upload")
+
+
+def _document_api(app: Litestar) -> None:
+    """Declare in the OpenAPI document what /api operations really answer: Litestar documents only its own
+    400 body, which picstore never sends. Every error status an operation can return, with the one error
+    shape; the bearer key; and the raw image body of the upload routes (read as a stream, so undeclared)."""
+    document = app.openapi_schema  # built once and cached by Litestar: edits here are what /schema serves
+    components = document.components
+    components.security_schemes = {
+        **(components.security_schemes or {}),
+        "apiKey": SecurityScheme(type="http", scheme="bearer", description="An API key: ps1.<id>.<secret>"),
+    }
+    for path, item in (document.paths or {}).items():
+        if not path.startswith("/api/") or path == "/api/health":
+            continue
+        for method in ("get", "post", "put", "delete"):
+            operation = getattr(item, method, None)
+            if operation is None:
+                continue
+            operation.security = [{"apiKey": []}]
+            upload = method == "post" and path.endswith(UPLOAD_PATHS)
+            statuses = [400, 401, 403, 404, 409, 422, 503]
+            if upload or operation.request_body is not None:
+                statuses += [408, 413]
+            if upload:
+                statuses.append(415)
+                operation.request_body = RequestBody(
+                    description="The image bytes, streamed",
+                    content={"application/octet-stream": OpenAPIMediaType(
+                        schema=Schema(type=OpenAPIType.STRING, format=OpenAPIFormat.BINARY))},
+                )
+            responses = operation.responses or {}
+            for status in sorted(statuses):
+                responses[str(status)] = OpenAPIResponse(
+                    description=ERRORS[status],
+                    content={"application/json": OpenAPIMediaType(schema=ERROR_SCHEMA)},
+                )
+            operation.responses = responses
 
 
 def create_app(settings: Settings | None = None) -> Litestar:
@@ -193,6 +319,7 @@ def create_app(settings: Settings | None = None) -> Litestar:
         },
         openapi_config=OpenAPIConfig(title="picstore", version="0.1.0", path="/schema"),
         request_max_body_size=JSON_BODY_LIMIT,
+        request_class=PicstoreRequest,
         # logs.configure owns logging; Litestar's own config would replace its root handler at startup.
         logging_config=None,
         debug=False,
@@ -200,4 +327,5 @@ def create_app(settings: Settings | None = None) -> Litestar:
     # Outermost, around routing and the exception handlers, so every answer is counted and logged; this is
     # where Litestar itself puts its outermost middleware (OpenTelemetry).
     app.asgi_handler = metrics.instrument(app.asgi_handler, registry)
+    _document_api(app)
     return app

@@ -11,14 +11,17 @@ from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 from picstore import errors, ids
 from picstore.auth import Caller
 
-def make_engine(url: str, pool_size: int = 10) -> AsyncEngine:
+def make_engine(url: str, pool_size: int = 10, statement_timeout: float = 60) -> AsyncEngine:
+    """Pooled connections are pinged before use, so a restarted server costs no request an error. The
+    statement timeout also bounds that ping: a server that stops answering (frozen, or cut off by the
+    network with the TCP connection still open) is an error after that long, not a hang."""
     return create_async_engine(
         url,
         pool_size=pool_size,
         max_overflow=pool_size,
         pool_pre_ping=True,
         pool_recycle=1800,
-        connect_args={"timeout": 5, "command_timeout": 60},
+        connect_args={"timeout": min(5, statement_timeout), "command_timeout": statement_timeout},
     )
 
 

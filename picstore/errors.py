@@ -7,6 +7,7 @@
     ├── NotFound              (not_found)
     ├── Conflict              (conflict)
     ├── PayloadTooLarge       (payload_too_large)
+    ├── RequestTimeout        (request_timeout)
     ├── UnsupportedMedia      (unsupported_media_type)
     ├── Invalid               (invalid)
     └── Unavailable           (unavailable)
@@ -64,6 +65,12 @@ class PayloadTooLarge(PicstoreError):
     """The body is larger than allowed."""
 
     kind = "payload_too_large"
+
+
+class RequestTimeout(PicstoreError):
+    """The client stopped sending the body."""
+
+    kind = "request_timeout"
 
 
 class UnsupportedMedia(PicstoreError):

@@ -21,6 +21,10 @@ class Settings:
     public_url: str = "http://127.0.0.1:7205"
     worker_concurrency: int = 2
     db_pool_size: int = 10
+    # The api answers 503 when PostgreSQL takes longer than this to connect or to answer one statement.
+    db_timeout_seconds: float = 5.0
+    # A request whose body stops arriving for this long is answered 408 (uploads included: a pause, not a total).
+    body_idle_timeout_seconds: float = 60.0
     log_level: str = "INFO"
     # Webhook deliveries: per-request timeout, first retry wait (doubling per attempt) and the total
     # time after the event during which failed deliveries are retried.
@@ -29,6 +33,8 @@ class Settings:
     webhook_retry_window_seconds: float = 3600.0
     # Off by default: tenants must not make the worker POST to loopback, private or link-local hosts.
     webhook_allow_private_addresses: bool = False
+    # Conversion and deletion jobs that hit a storage or database error retry after 3, 5, 9 and 17 times this.
+    job_retry_base_seconds: float = 1.0
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
@@ -52,11 +58,14 @@ class Settings:
             public_url=env.get("PICSTORE_PUBLIC_URL", f"http://{host}:{port}").rstrip("/"),
             worker_concurrency=_int(env, "PICSTORE_WORKER_CONCURRENCY", 2),
             db_pool_size=_int(env, "PICSTORE_DB_POOL_SIZE", 10),
+            db_timeout_seconds=_float(env, "PICSTORE_DB_TIMEOUT_SECONDS", 5.0),
+            body_idle_timeout_seconds=_float(env, "PICSTORE_BODY_IDLE_TIMEOUT_SECONDS", 60.0),
             log_level=env.get("PICSTORE_LOG_LEVEL", "INFO").upper(),
             webhook_timeout_seconds=_float(env, "PICSTORE_WEBHOOK_TIMEOUT_SECONDS", 10.0),
             webhook_retry_base_seconds=_float(env, "PICSTORE_WEBHOOK_RETRY_BASE_SECONDS", 10.0),
             webhook_retry_window_seconds=_float(env, "PICSTORE_WEBHOOK_RETRY_WINDOW_SECONDS", 3600.0),
             webhook_allow_private_addresses=_bool(env, "PICSTORE_WEBHOOK_ALLOW_PRIVATE_ADDRESSES"),
+            job_retry_base_seconds=_float(env, "PICSTORE_JOB_RETRY_BASE_SECONDS", 1.0),
         )
 
     @property
