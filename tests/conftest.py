@@ -22,6 +22,7 @@ from typing import Any
 import asyncpg
 import httpx
 import pytest
+from s3server import S3Server, start_seaweedfs
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from picstore import auth, cli, db, ids, models, team
@@ -301,3 +302,18 @@ async def wait_settled(client: httpx.AsyncClient, tenant: Tenant, image_id: str,
         if asyncio.get_running_loop().time() > deadline:
             raise AssertionError(f"image {image_id} still {body['status']} after {timeout} s: {body}")
         await asyncio.sleep(0.2)
+
+
+S3_BUCKET = "picstore-test"
+
+
+@pytest.fixture(scope="module")
+def seaweedfs(tmp_path_factory: pytest.TempPathFactory) -> Iterator[S3Server]:
+    """A real S3-compatible server (SeaweedFS) for one test module, with a public-read bucket S3_BUCKET."""
+    server = start_seaweedfs(tmp_path_factory.mktemp("seaweedfs"))
+    try:
+        server.create_bucket(S3_BUCKET)
+        server.make_public_read(S3_BUCKET)
+        yield server
+    finally:
+        server.stop()

@@ -24,9 +24,9 @@ from typing import Any
 import httpx
 import pytest
 import pyvips
-from conftest import CORPUS, ROOT, Tenant, make_pipeline
+from conftest import CORPUS, ROOT, S3_BUCKET, Tenant, make_pipeline
 from liveserver import free_port, running_api
-from s3server import S3Server, start_seaweedfs
+from s3server import S3Server
 
 PROFILE = {
     "type": "cross",
@@ -37,7 +37,7 @@ PROFILE = {
     "sizes": [{"width": 48}],
 }
 
-BUCKET = "picstore-publish"
+BUCKET = S3_BUCKET
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -270,17 +270,6 @@ async def test_import_stopped_part_way_continues_without_duplicates(client, tena
     assert sorted(i["hash"] for i in images) == sorted(sha256(p) for p in photos)  # one image per file
     assert {i["filename"] for i in images} == {p.name for p in photos}
     assert next(i for i in images if i["id"] == orphan)["hash"] == sha256(photos[0])  # adopted, not doubled
-
-
-@pytest.fixture(scope="module")
-def seaweedfs(tmp_path_factory: pytest.TempPathFactory) -> Iterator[S3Server]:
-    server = start_seaweedfs(tmp_path_factory.mktemp("seaweedfs"))
-    try:
-        server.create_bucket(BUCKET)
-        server.make_public_read(BUCKET)
-        yield server
-    finally:
-        server.stop()
 
 
 async def s3_pipeline(client: httpx.AsyncClient, tenant: Tenant, server: S3Server) -> str:

@@ -18,27 +18,16 @@ from urllib.parse import parse_qs, urlsplit
 import httpx
 import pytest
 import pyvips
-from conftest import CORPUS, TEST_PROFILE, Tenant, make_pipeline, wait_settled
-from s3server import S3Server, start_seaweedfs
+from conftest import CORPUS, S3_BUCKET, TEST_PROFILE, Tenant, make_pipeline, wait_settled
+from s3server import S3Server
 
 from picstore import ids, images, models, storage, stores
 
-BUCKET = "picstore-pipeline"
+BUCKET = S3_BUCKET
 IMMUTABLE = "public, max-age=31536000, immutable"
 CONTENT_TYPES = {"avif": "image/avif", "webp": "image/webp", "jpg": "image/jpeg", "png": "image/png"}
 LOADERS = {"avif": "heifload", "webp": "webpload", "jpg": "jpegload", "png": "pngload"}
 WRONG_SECRET = "wrong-secret-Kx93LmQ"
-
-
-@pytest.fixture(scope="module")
-def seaweedfs(tmp_path_factory: pytest.TempPathFactory) -> Iterator[S3Server]:
-    server = start_seaweedfs(tmp_path_factory.mktemp("seaweedfs"))
-    try:
-        server.create_bucket(BUCKET)
-        server.make_public_read(BUCKET)
-        yield server
-    finally:
-        server.stop()
 
 
 class Recorder:

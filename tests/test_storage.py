@@ -12,7 +12,7 @@ import os
 import shutil
 import stat
 import tracemalloc
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
@@ -20,7 +20,8 @@ from urllib.parse import parse_qs, urlsplit
 
 import httpx
 import pytest
-from s3server import S3Server, start_seaweedfs
+from conftest import S3_BUCKET
+from s3server import S3Server
 
 from picstore.storage import (
     PROBE_PREFIX,
@@ -39,7 +40,7 @@ from picstore.storage import (
 )
 
 MB = 1024 * 1024
-BUCKET = "picstore-test"
+BUCKET = S3_BUCKET
 PREFIX = "tenant-a/img"
 
 
@@ -242,17 +243,6 @@ async def test_local_probe(local: LocalStorage) -> None:
 
 
 # ----------------------------------------------------------------------------------------------- S3
-
-
-@pytest.fixture(scope="module")
-def seaweedfs(tmp_path_factory: pytest.TempPathFactory) -> Iterator[S3Server]:
-    server = start_seaweedfs(tmp_path_factory.mktemp("seaweedfs"))
-    try:
-        server.create_bucket(BUCKET)
-        server.make_public_read(BUCKET)
-        yield server
-    finally:
-        server.stop()
 
 
 @pytest.fixture(scope="module")
