@@ -30,7 +30,7 @@ UPLOAD_ROUTE = {"upload": True}
 CACHE_CONTROL = "public, max-age=31536000, immutable"
 ImageStatus = Annotated[
     str | None,
-    Parameter(pattern=r"^(awaiting_upload|queued|converting|ready|failed|deleting)$", required=False),
+    Parameter(pattern=r"^(awaiting_upload|queued|converting|ready|failed)$", required=False),
 ]
 
 

@@ -17,6 +17,8 @@ from picstore import conversion, db, errors, ids, models, paths, picture, schema
 from picstore.auth import Caller
 from picstore.uploads import Spooled
 
+# An image being deleted is already gone for every reader, though its job has not finished yet.
+PRESENT = (models.BaseImage.deleted.is_(None), models.BaseImage.status.not_in(("deleting", "deleted")))
 LIVE_OUTPUTS = ("queued", "converting", "ready", "failed", "skipped")
 UNSETTLED = ("queued", "converting")
 
@@ -88,8 +90,7 @@ async def load(
     query = select(models.BaseImage).where(
         models.BaseImage.id == image_id,
         models.BaseImage.team_id == caller.team_id,
-        models.BaseImage.deleted.is_(None),
-        models.BaseImage.status.not_in(("deleting", "deleted")),
+        *PRESENT,
     )
     if lock:
         query = query.with_for_update(of=models.BaseImage)
@@ -226,8 +227,7 @@ async def find_duplicate(
             models.BaseImage.project_id == project_id,
             models.BaseImage.upload_profile_id == profile_id,
             models.BaseImage.hash == sha256,
-            models.BaseImage.deleted.is_(None),
-            models.BaseImage.status.not_in(("deleting", "deleted")),
+            *PRESENT,
         )
         .order_by(models.BaseImage.id)
         .limit(1)
@@ -251,8 +251,7 @@ async def by_hash(
         .where(
             models.BaseImage.team_id == caller.team_id,
             models.BaseImage.hash == sha256.lower(),
-            models.BaseImage.deleted.is_(None),
-            models.BaseImage.status.not_in(("deleting", "deleted")),
+            *PRESENT,
             *narrow,
         )
         # Readable rows first; a CASE because `readable` may be a constant, which ORDER BY refuses.
@@ -291,7 +290,7 @@ async def list_images(
     query = select(models.BaseImage).where(
         models.BaseImage.team_id == caller.team_id,
         models.BaseImage.project_id == project_id,
-        models.BaseImage.deleted.is_(None),
+        *PRESENT,
     )
     if after is not None:
         query = query.where(models.BaseImage.id > after)

@@ -271,6 +271,12 @@ async def convert_image(context: JobContext, image_id: str) -> None:
             return
         await _requeue(res, iid)
         raise
+    except Exception as exc:
+        # A bug, not the input: fail the image with a reason instead of leaving it for reconcile forever.
+        log.exception("image %s: unexpected error while converting", iid)
+        failed = await _fail(res, iid, f"internal error while converting ({type(exc).__name__}); see the worker log")
+        await jobs.defer_deliveries(context.app, failed)
+        return
     if done is None:
         await _requeue(res, iid)
         return
