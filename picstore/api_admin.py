@@ -52,11 +52,15 @@ async def create_project(db: Db, caller: Who, data: JSONBody[schemas.ProjectIn])
 @get("/projects/{project_id:str}")
 async def get_project(db: Db, caller: Who, project_id: FromPath[str]) -> schemas.ProjectOut:
     async with db.begin():
-        return projects.out(await projects.get(db, caller, path_id(ids.PROJECT, project_id, "project"), "project:read"))
+        return projects.out(
+            await projects.get(db, caller, path_id(ids.PROJECT, project_id, "project"), "project:read")
+        )
 
 
 @put("/projects/{project_id:str}")
-async def update_project(db: Db, caller: Who, project_id: FromPath[str], data: JSONBody[schemas.ProjectIn]) -> schemas.ProjectOut:
+async def update_project(
+    db: Db, caller: Who, project_id: FromPath[str], data: JSONBody[schemas.ProjectIn]
+) -> schemas.ProjectOut:
     async with db.begin():
         pid = path_id(ids.PROJECT, project_id, "project")
         return projects.out(await projects.update(db, caller, pid, data))
@@ -101,25 +105,38 @@ async def get_storage(
     db: Db, caller: Who, project_id: FromPath[str], location_id: FromPath[str]
 ) -> schemas.StorageLocationOut:
     async with db.begin():
-        location = await profiles.get_storage(db, caller, project_or_global(project_id), _location_id(location_id))
+        location = await profiles.get_storage(
+            db, caller, project_or_global(project_id), _location_id(location_id)
+        )
         return profiles.storage_out(location)
 
 
 @put(STORAGE + "/{location_id:str}")
 async def update_storage(
-    db: Db, caller: Who, settings: Conf, project_id: FromPath[str], location_id: FromPath[str],
+    db: Db,
+    caller: Who,
+    settings: Conf,
+    project_id: FromPath[str],
+    location_id: FromPath[str],
     data: JSONBody[schemas.StorageLocationIn],
 ) -> schemas.StorageLocationOut:
     async with db.begin():
         location = await profiles.update_storage(
-            db, caller, project_or_global(project_id), _location_id(location_id), data,
-            settings.secret_key, settings.local_storage_roots,
+            db,
+            caller,
+            project_or_global(project_id),
+            _location_id(location_id),
+            data,
+            settings.secret_key,
+            settings.local_storage_roots,
         )
         return profiles.storage_out(location)
 
 
 @delete(STORAGE + "/{location_id:str}", status_code=200)
-async def delete_storage(db: Db, caller: Who, project_id: FromPath[str], location_id: FromPath[str]) -> schemas.Empty:
+async def delete_storage(
+    db: Db, caller: Who, project_id: FromPath[str], location_id: FromPath[str]
+) -> schemas.Empty:
     async with db.begin():
         await profiles.delete_storage(db, caller, project_or_global(project_id), _location_id(location_id))
     return EMPTY
@@ -153,7 +170,9 @@ def _conversion_id(text: str) -> uuid.UUID:
 
 
 @get(CONVERSION)
-async def list_conversion(db: Db, caller: Who, project_id: FromPath[str]) -> list[schemas.ConversionProfileOut]:
+async def list_conversion(
+    db: Db, caller: Who, project_id: FromPath[str]
+) -> list[schemas.ConversionProfileOut]:
     async with db.begin():
         found = await profiles.list_conversion(db, caller, project_or_global(project_id))
         return [profiles.conversion_out(p) for p in found]
@@ -181,7 +200,11 @@ async def get_conversion(
 
 @put(CONVERSION + "/{profile_id:str}")
 async def update_conversion(
-    db: Db, caller: Who, project_id: FromPath[str], profile_id: FromPath[str], data: JSONBody[schemas.ConversionProfileIn]
+    db: Db,
+    caller: Who,
+    project_id: FromPath[str],
+    profile_id: FromPath[str],
+    data: JSONBody[schemas.ConversionProfileIn],
 ) -> schemas.ConversionProfileOut:
     async with db.begin():
         profile = await profiles.update_conversion(
@@ -191,9 +214,13 @@ async def update_conversion(
 
 
 @delete(CONVERSION + "/{profile_id:str}", status_code=200)
-async def delete_conversion(db: Db, caller: Who, project_id: FromPath[str], profile_id: FromPath[str]) -> schemas.Empty:
+async def delete_conversion(
+    db: Db, caller: Who, project_id: FromPath[str], profile_id: FromPath[str]
+) -> schemas.Empty:
     async with db.begin():
-        await profiles.delete_conversion(db, caller, project_or_global(project_id), _conversion_id(profile_id))
+        await profiles.delete_conversion(
+            db, caller, project_or_global(project_id), _conversion_id(profile_id)
+        )
     return EMPTY
 
 
@@ -225,7 +252,9 @@ async def create_upload(
 
 
 @get(UPLOAD + "/{profile_id:str}")
-async def get_upload(db: Db, caller: Who, project_id: FromPath[str], profile_id: FromPath[str]) -> schemas.UploadProfileOut:
+async def get_upload(
+    db: Db, caller: Who, project_id: FromPath[str], profile_id: FromPath[str]
+) -> schemas.UploadProfileOut:
     async with db.begin():
         profile = await profiles.get_upload(db, caller, _project(project_id), _upload_id(profile_id))
         return profiles.upload_out(profile)
@@ -233,7 +262,11 @@ async def get_upload(db: Db, caller: Who, project_id: FromPath[str], profile_id:
 
 @put(UPLOAD + "/{profile_id:str}")
 async def update_upload(
-    db: Db, caller: Who, project_id: FromPath[str], profile_id: FromPath[str], data: JSONBody[schemas.UploadProfileIn]
+    db: Db,
+    caller: Who,
+    project_id: FromPath[str],
+    profile_id: FromPath[str],
+    data: JSONBody[schemas.UploadProfileIn],
 ) -> schemas.UploadProfileOut:
     async with db.begin():
         profile = await profiles.update_upload(db, caller, _project(project_id), _upload_id(profile_id), data)
@@ -241,7 +274,9 @@ async def update_upload(
 
 
 @delete(UPLOAD + "/{profile_id:str}", status_code=200)
-async def delete_upload(db: Db, caller: Who, project_id: FromPath[str], profile_id: FromPath[str]) -> schemas.Empty:
+async def delete_upload(
+    db: Db, caller: Who, project_id: FromPath[str], profile_id: FromPath[str]
+) -> schemas.Empty:
     async with db.begin():
         await profiles.delete_upload(db, caller, _project(project_id), _upload_id(profile_id))
     return EMPTY
@@ -277,13 +312,17 @@ async def get_user(db: Db, caller: Who, user_id: FromPath[str]) -> schemas.UserO
 
 
 @put("/users/{user_id:str}")
-async def update_user(db: Db, caller: Who, user_id: FromPath[str], data: JSONBody[schemas.UserUpdate]) -> schemas.UserOut:
+async def update_user(
+    db: Db, caller: Who, user_id: FromPath[str], data: JSONBody[schemas.UserUpdate]
+) -> schemas.UserOut:
     async with db.begin():
         return await team.user_out(db, await team.update_user(db, caller, _user_id(user_id), data))
 
 
 @put("/users/{user_id:str}/roles")
-async def set_user_roles(db: Db, caller: Who, user_id: FromPath[str], data: JSONBody[schemas.UserRolesIn]) -> schemas.UserOut:
+async def set_user_roles(
+    db: Db, caller: Who, user_id: FromPath[str], data: JSONBody[schemas.UserRolesIn]
+) -> schemas.UserOut:
     async with db.begin():
         return await team.user_out(db, await team.set_user_roles(db, caller, _user_id(user_id), data))
 
@@ -348,12 +387,39 @@ async def revoke_key(db: Db, caller: Who, key_id: FromPath[str]) -> schemas.Empt
 router = Router(
     path="/",
     route_handlers=[
-        list_projects, create_project, get_project, update_project, delete_project,
-        list_storage, create_storage, get_storage, update_storage, delete_storage, test_storage,
-        list_conversion, create_conversion, get_conversion, update_conversion, delete_conversion,
-        list_upload, create_upload, get_upload, update_upload, delete_upload,
-        list_users, create_user, get_user, update_user, set_user_roles, delete_user,
-        list_roles, create_role, set_role_permissions, delete_role,
-        list_keys, create_key, revoke_key,
+        list_projects,
+        create_project,
+        get_project,
+        update_project,
+        delete_project,
+        list_storage,
+        create_storage,
+        get_storage,
+        update_storage,
+        delete_storage,
+        test_storage,
+        list_conversion,
+        create_conversion,
+        get_conversion,
+        update_conversion,
+        delete_conversion,
+        list_upload,
+        create_upload,
+        get_upload,
+        update_upload,
+        delete_upload,
+        list_users,
+        create_user,
+        get_user,
+        update_user,
+        set_user_roles,
+        delete_user,
+        list_roles,
+        create_role,
+        set_role_permissions,
+        delete_role,
+        list_keys,
+        create_key,
+        revoke_key,
     ],
 )

@@ -18,7 +18,19 @@ from litestar.params import FromPath, FromQuery, JSONBody, Parameter
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from picstore import conversion, errors, ids, images, jobs, models, picture, projects, schemas, storage, uploads
+from picstore import (
+    conversion,
+    errors,
+    ids,
+    images,
+    jobs,
+    models,
+    picture,
+    projects,
+    schemas,
+    storage,
+    uploads,
+)
 from picstore.api_admin import EMPTY, Db, Who, path_id
 
 log = logging.getLogger("picstore.api")
@@ -74,7 +86,11 @@ async def _delete_replaced(store: storage.Storage, key: str | None) -> None:
 
 
 async def _record(
-    db: AsyncSession, caller: Any, state: State, store: storage.Storage, image_id: uuid.UUID,
+    db: AsyncSession,
+    caller: Any,
+    state: State,
+    store: storage.Storage,
+    image_id: uuid.UUID,
     spooled: uploads.Spooled,
 ) -> schemas.ImageOut:
     async with db.begin():
@@ -91,12 +107,16 @@ async def create_image(db: Db, caller: Who, data: JSONBody[schemas.ImageIn]) -> 
     async with db.begin():
         profile = await images.resolve_profile(db, caller, data.upload_profile_id)
         project = await db.get_one(models.Project, profile.project_id)
-        image = images.new_image(caller, project, profile, data.filename, data.location or data.filename, data.alt_text)
+        image = images.new_image(
+            caller, project, profile, data.filename, data.location or data.filename, data.alt_text
+        )
         await images.insert(db, image)
         return schemas.Created(id=ids.format_id(ids.BASE_IMAGE, image.id))
 
 
-@post("/images/{image_id:str}/upload", status_code=200, request_max_body_size=UPLOAD_CEILING, opt=UPLOAD_ROUTE)
+@post(
+    "/images/{image_id:str}/upload", status_code=200, request_max_body_size=UPLOAD_CEILING, opt=UPLOAD_ROUTE
+)
 async def upload(
     request: Request[Any, Any, Any], db: Db, caller: Who, state: State, image_id: FromPath[str]
 ) -> schemas.ImageOut:
@@ -121,7 +141,9 @@ async def upload_url(
     async with db.begin():
         image, profile, location = await images.upload_target(db, caller, iid)
         if data.content_length > profile.max_bytes:
-            raise errors.PayloadTooLarge(f"content_length is over this upload profile's limit of {profile.max_bytes} bytes")
+            raise errors.PayloadTooLarge(
+                f"content_length is over this upload profile's limit of {profile.max_bytes} bytes"
+            )
         store = await state.stores.for_location(location)
         sha256_b64 = base64.b64encode(bytes.fromhex(data.sha256)).decode()
         try:
@@ -138,7 +160,9 @@ async def upload_url(
                 "POST the bytes to /api/images/{id}/upload instead"
             ) from None
         image.upload_sha256, image.upload_size = data.sha256.lower(), data.content_length
-    return schemas.UploadUrlOut(method=signed.method, url=signed.url, headers=signed.headers, expires_at=signed.expires_at)
+    return schemas.UploadUrlOut(
+        method=signed.method, url=signed.url, headers=signed.headers, expires_at=signed.expires_at
+    )
 
 
 @post("/images/{image_id:str}/complete", status_code=200)
@@ -160,7 +184,9 @@ async def complete(db: Db, caller: Who, state: State, image_id: FromPath[str]) -
                 f"({image.upload_size} bytes, sha256 {image.upload_sha256})"
             )
         if size > profile.max_bytes:
-            raise errors.PayloadTooLarge(f"the object is larger than this upload profile's limit of {profile.max_bytes} bytes")
+            raise errors.PayloadTooLarge(
+                f"the object is larger than this upload profile's limit of {profile.max_bytes} bytes"
+            )
         spooled = await uploads.inspect(path, size, sha256, profile)
     except errors.PicstoreError:
         uploads.discard(path)
@@ -170,9 +196,18 @@ async def complete(db: Db, caller: Who, state: State, image_id: FromPath[str]) -
     return await _record(db, caller, state, store, iid, spooled)
 
 
-@post("/projects/{project_id:str}/quick_upload", status_code=201, request_max_body_size=UPLOAD_CEILING, opt=UPLOAD_ROUTE)
+@post(
+    "/projects/{project_id:str}/quick_upload",
+    status_code=201,
+    request_max_body_size=UPLOAD_CEILING,
+    opt=UPLOAD_ROUTE,
+)
 async def quick_upload(
-    request: Request[Any, Any, Any], db: Db, caller: Who, state: State, project_id: FromPath[str],
+    request: Request[Any, Any, Any],
+    db: Db,
+    caller: Who,
+    state: State,
+    project_id: FromPath[str],
     filename: FromQuery[Annotated[str, Parameter(min_length=1, max_length=500)]] = "image",
     upload_profile: FromQuery[Annotated[str | None, Parameter(max_length=200)]] = None,
     alt_text: FromQuery[Annotated[str, Parameter(max_length=5000)]] = "",
@@ -214,8 +249,13 @@ async def _duplicate(
 
 
 async def _insert_quick(
-    db: AsyncSession, caller: Any, state: State, store: storage.Storage, planned: models.BaseImage,
-    spooled: uploads.Spooled, dedupe: bool,
+    db: AsyncSession,
+    caller: Any,
+    state: State,
+    store: storage.Storage,
+    planned: models.BaseImage,
+    spooled: uploads.Spooled,
+    dedupe: bool,
 ) -> Response[schemas.ImageOut]:
     try:
         async with db.begin():
@@ -249,7 +289,9 @@ async def get_image(db: Db, caller: Who, image_id: FromPath[str]) -> schemas.Ima
 
 @get("/image_by_hash/{sha256:str}")
 async def image_by_hash(
-    db: Db, caller: Who, sha256: FromPath[str],
+    db: Db,
+    caller: Who,
+    sha256: FromPath[str],
     project: FromQuery[Annotated[str | None, Parameter(max_length=100)]] = None,
     upload_profile: FromQuery[Annotated[str | None, Parameter(max_length=100)]] = None,
 ) -> schemas.ImageOut:
@@ -257,14 +299,18 @@ async def image_by_hash(
     if len(sha256) != 64 or any(c not in "0123456789abcdefABCDEF" for c in sha256):
         raise errors.BadRequest("the hash must be 64 hex characters (SHA-256)")
     pid = None if project is None else _query_id(ids.PROJECT, project, "project")
-    profile = None if upload_profile is None else _query_id(ids.UPLOAD_PROFILE, upload_profile, "upload_profile")
+    profile = (
+        None if upload_profile is None else _query_id(ids.UPLOAD_PROFILE, upload_profile, "upload_profile")
+    )
     async with db.begin():
         return await images.view(db, await images.by_hash(db, caller, sha256, pid, profile))
 
 
 @get("/projects/{project_id:str}/images")
 async def list_images(
-    db: Db, caller: Who, project_id: FromPath[str],
+    db: Db,
+    caller: Who,
+    project_id: FromPath[str],
     limit: FromQuery[Annotated[int, Parameter(ge=1, le=100)]] = 50,
     after: FromQuery[Annotated[str | None, Parameter(max_length=100)]] = None,
     status: FromQuery[ImageStatus] = None,
@@ -272,7 +318,9 @@ async def list_images(
 ) -> schemas.ImagePage:
     pid = path_id(ids.PROJECT, project_id, "project")
     after_id = None if after is None else _query_id(ids.BASE_IMAGE, after, "after")
-    profile_id = None if upload_profile is None else _query_id(ids.UPLOAD_PROFILE, upload_profile, "upload_profile")
+    profile_id = (
+        None if upload_profile is None else _query_id(ids.UPLOAD_PROFILE, upload_profile, "upload_profile")
+    )
     async with db.begin():
         await projects.require_live(db, caller, pid)
         found = await images.list_images(db, caller, pid, limit, after_id, status, profile_id)
@@ -316,7 +364,9 @@ async def delete_image(db: Db, caller: Who, state: State, image_id: FromPath[str
 
 @get("/images/{image_id:str}/picture", media_type=MediaType.HTML)
 async def get_picture(
-    db: Db, caller: Who, image_id: FromPath[str],
+    db: Db,
+    caller: Who,
+    image_id: FromPath[str],
     format: FromQuery[Annotated[str, Parameter(pattern="^(html|json)$")]] = "html",
     sizes: FromQuery[Annotated[str | None, Parameter(max_length=1000)]] = None,
     class_: Annotated[str | None, Parameter(query="class", max_length=200)] = None,
@@ -326,7 +376,9 @@ async def get_picture(
 ) -> Response[Any]:
     """A `<picture>` tag (or, with ?format=json, the same as data) from the ready outputs."""
     async with db.begin():
-        original, outputs = await images.picture_inputs(db, caller, _image_id(image_id), fallback == "original")
+        original, outputs = await images.picture_inputs(
+            db, caller, _image_id(image_id), fallback == "original"
+        )
     pic = picture.build(original, outputs, sizes=sizes, class_=class_, slot=slot, placeholder=placeholder)
     if format == "json":
         return Response(images.picture_out(pic), media_type=MediaType.JSON)
@@ -336,7 +388,17 @@ async def get_picture(
 router = Router(
     path="/",
     route_handlers=[
-        create_image, upload, upload_url, complete, quick_upload, get_image, image_by_hash, list_images,
-        update_image, reconvert, delete_image, get_picture,
+        create_image,
+        upload,
+        upload_url,
+        complete,
+        quick_upload,
+        get_image,
+        image_by_hash,
+        list_images,
+        update_image,
+        reconvert,
+        delete_image,
+        get_picture,
     ],
 )

@@ -48,7 +48,11 @@ async def get_webhook(
 
 @put(WEBHOOKS + "/{webhook_id:str}")
 async def update_webhook(
-    db: Db, caller: Who, settings: Conf, project_id: FromPath[str], webhook_id: FromPath[str],
+    db: Db,
+    caller: Who,
+    settings: Conf,
+    project_id: FromPath[str],
+    webhook_id: FromPath[str],
     data: JSONBody[schemas.WebhookIn],
 ) -> schemas.WebhookOut:
     async with db.begin():
@@ -79,6 +83,11 @@ async def list_deliveries(
 router = Router(
     path="/",
     route_handlers=[
-        list_webhooks, create_webhook, get_webhook, update_webhook, delete_webhook, list_deliveries,
+        list_webhooks,
+        create_webhook,
+        get_webhook,
+        update_webhook,
+        delete_webhook,
+        list_deliveries,
     ],
 )

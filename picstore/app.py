@@ -62,10 +62,20 @@ STATUS: dict[type[errors.PicstoreError], int] = {
     errors.Invalid: 422,
     errors.Unavailable: 503,
 }
-HTTP_KINDS = {400: "bad_request", 401: "authn", 403: "missing_permission", 404: "not_found",
-              405: "method_not_allowed", 408: "request_timeout", 409: "conflict", 413: "payload_too_large",
-              415: "unsupported_media_type",
-              422: "invalid", 429: "too_many_requests", 503: "unavailable"}
+HTTP_KINDS = {
+    400: "bad_request",
+    401: "authn",
+    403: "missing_permission",
+    404: "not_found",
+    405: "method_not_allowed",
+    408: "request_timeout",
+    409: "conflict",
+    413: "payload_too_large",
+    415: "unsupported_media_type",
+    422: "invalid",
+    429: "too_many_requests",
+    503: "unavailable",
+}
 JSON_BODY_LIMIT = 1024 * 1024
 BODY_IDLE_TIMEOUT_S = 60.0  # before the lifespan has put the settings in app.state
 
@@ -274,8 +284,11 @@ def _document_api(app: Litestar) -> None:
                 statuses.append(415)
                 operation.request_body = RequestBody(
                     description="The image bytes, streamed",
-                    content={"application/octet-stream": OpenAPIMediaType(
-                        schema=Schema(type=OpenAPIType.STRING, format=OpenAPIFormat.BINARY))},
+                    content={
+                        "application/octet-stream": OpenAPIMediaType(
+                            schema=Schema(type=OpenAPIType.STRING, format=OpenAPIFormat.BINARY)
+                        )
+                    },
                 )
             responses = operation.responses or {}
             for status in sorted(statuses):
@@ -298,12 +311,14 @@ def create_app(settings: Settings | None = None) -> Litestar:
     files_root = settings.local_storage_roots[0] if settings.local_storage_roots else None
     if files_root:
         os.makedirs(files_root, exist_ok=True)
-        handlers.append(create_static_files_router(
+        handlers.append(
+            create_static_files_router(
                 path="/files",
                 directories=[files_root],
                 # Every stored object has a content-versioned name, so it never changes.
                 cache_control=CacheControlHeader(public=True, max_age=31536000, immutable=True),
-            ))
+            )
+        )
     registry = metrics.Registry()
     app = Litestar(
         route_handlers=handlers,

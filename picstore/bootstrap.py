@@ -214,7 +214,9 @@ class _Loader:
         column = model.id if model is models.Team else model.team_id
         return await self.session.scalar(select(column).where(model.id == object_id))
 
-    async def _same_team(self, model: Any, kind: str, object_id: uuid.UUID | None, team: uuid.UUID, where: str) -> None:
+    async def _same_team(
+        self, model: Any, kind: str, object_id: uuid.UUID | None, team: uuid.UUID, where: str
+    ) -> None:
         if object_id is not None and await self._team_of(model, kind, object_id) != team:
             raise BootstrapError(f"{where}: {kind} {object_id} does not exist in team {team}")
 
@@ -239,7 +241,12 @@ class _Loader:
         assert pid and team
         await self._same_team(models.Team, "team", team, team, where)
         self.session.add(
-            models.Project(id=pid, team_id=team, name=o.name, base_location=paths.clean_segment(o.base_location, "base_location"))
+            models.Project(
+                id=pid,
+                team_id=team,
+                name=o.name,
+                base_location=paths.clean_segment(o.base_location, "base_location"),
+            )
         )
         self._remember("project", pid, team)
 
@@ -250,14 +257,20 @@ class _Loader:
         await self._same_team(models.Project, "project", project, team, where)
         try:
             data = msgspec.convert(
-                {"name": o.name, "provider": o.provider, "base_location": o.base_location,
-                 "public_url_base": o.public_url_base},
+                {
+                    "name": o.name,
+                    "provider": o.provider,
+                    "base_location": o.base_location,
+                    "public_url_base": o.public_url_base,
+                },
                 schemas.StorageLocationIn,
             )
         except msgspec.ValidationError as exc:
             raise BootstrapError(f"{where}: {exc}") from None
         profiles.check_storage(data, self.settings.local_storage_roots)
-        row = models.StorageLocation(id=sid, team_id=team, project_id=project, provider={}, secret_sealed=None)
+        row = models.StorageLocation(
+            id=sid, team_id=team, project_id=project, provider={}, secret_sealed=None
+        )
         profiles.apply_storage(row, data, self.settings.secret_key)
         self.session.add(row)
         self._remember("storage location", sid, team)
@@ -268,13 +281,21 @@ class _Loader:
         assert cid and team
         await self._same_team(models.Project, "project", project, team, where)
         self.session.add(
-            models.ConversionProfile(id=cid, team_id=team, project_id=project, name=o.name, output=profiles.checked_output(o.output))
+            models.ConversionProfile(
+                id=cid,
+                team_id=team,
+                project_id=project,
+                name=o.name,
+                output=profiles.checked_output(o.output),
+            )
         )
         self._remember("conversion profile", cid, team)
 
     async def _uploadprofile(self, o: UploadProfileObj, where: str) -> None:
         uid, team, project = (
-            _id(ids.UPLOAD_PROFILE, o.id, where), _id(ids.TEAM, o.team_id, where), _id(ids.PROJECT, o.project_id, where)
+            _id(ids.UPLOAD_PROFILE, o.id, where),
+            _id(ids.TEAM, o.team_id, where),
+            _id(ids.PROJECT, o.project_id, where),
         )
         assert uid and team and project
         base = _id(ids.STORAGE_LOCATION, o.base_storage_location_id, where)
@@ -287,11 +308,25 @@ class _Loader:
         assert base and output and conv
         self.session.add(
             models.UploadProfile(
-                id=uid, team_id=team, project_id=project, name=o.name, short_id=o.short_id,
-                base_storage_location_id=base, output_storage_location_id=output, conversion_profile_id=conv,
-                base_storage_location_path=paths.clean_segment(o.base_storage_location_path, "base_storage_location_path") or None,
-                output_storage_location_path=paths.clean_segment(o.output_storage_location_path, "output_storage_location_path") or None,
-                max_bytes=o.max_bytes, max_pixels=o.max_pixels, allowed_formats=sorted(set(o.allowed_formats)),
+                id=uid,
+                team_id=team,
+                project_id=project,
+                name=o.name,
+                short_id=o.short_id,
+                base_storage_location_id=base,
+                output_storage_location_id=output,
+                conversion_profile_id=conv,
+                base_storage_location_path=paths.clean_segment(
+                    o.base_storage_location_path, "base_storage_location_path"
+                )
+                or None,
+                output_storage_location_path=paths.clean_segment(
+                    o.output_storage_location_path, "output_storage_location_path"
+                )
+                or None,
+                max_bytes=o.max_bytes,
+                max_pixels=o.max_pixels,
+                allowed_formats=sorted(set(o.allowed_formats)),
                 obsolete_retention_seconds=o.obsolete_retention_seconds,
             )
         )
@@ -304,8 +339,14 @@ class _Loader:
         await self._same_team(models.Team, "team", team, team, where)
         await self._same_team(models.UploadProfile, "upload profile", default, team, where)
         self.session.add(
-            models.User(id=uid, team_id=team, email=o.email, name=o.name, password_hash=o.password_hash,
-                        default_upload_profile_id=default)
+            models.User(
+                id=uid,
+                team_id=team,
+                email=o.email,
+                name=o.name,
+                password_hash=o.password_hash,
+                default_upload_profile_id=default,
+            )
         )
         self._remember("user", uid, team)
 
@@ -332,7 +373,9 @@ class _Loader:
         await self._same_team(models.Role, "role", role, team, where)
         await self._same_team(models.Project, "project", project, team, where)
         self.session.add(
-            models.RolePermission(role_id=role, team_id=team, permission=o.permission, project_id=project or NIL_UUID)
+            models.RolePermission(
+                role_id=role, team_id=team, permission=o.permission, project_id=project or NIL_UUID
+            )
         )
 
     async def _apikey(self, o: ApiKeyObj, where: str) -> None:
@@ -343,9 +386,17 @@ class _Loader:
         await self._same_team(models.UploadProfile, "upload profile", default, team, where)
         parsed = auth.parse_key(o.key)
         self.session.add(
-            models.ApiKey(id=parsed.id, team_id=team, user_id=user, name=o.name, prefix=parsed.prefix,
-                          digest=parsed.digest, inherits_user_permissions=o.inherits_user_permissions,
-                          expires=o.expires, default_upload_profile_id=default)
+            models.ApiKey(
+                id=parsed.id,
+                team_id=team,
+                user_id=user,
+                name=o.name,
+                prefix=parsed.prefix,
+                digest=parsed.digest,
+                inherits_user_permissions=o.inherits_user_permissions,
+                expires=o.expires,
+                default_upload_profile_id=default,
+            )
         )
 
 
@@ -364,4 +415,3 @@ async def load(session: AsyncSession, settings: Settings, found: Mapping[str, li
         except IntegrityError as exc:
             raise BootstrapError(f"{where}: conflicts with existing data ({exc.orig})") from None
     return len(objects)
-

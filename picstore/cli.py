@@ -47,8 +47,13 @@ def cmd_serve(args: argparse.Namespace) -> None:
         worker = subprocess.Popen([sys.executable, "-m", "picstore", "worker"])
     try:
         uvicorn.run(
-            "picstore.app:create_app", factory=True, host=settings.host, port=settings.port,
-            log_level=settings.log_level.lower(), workers=args.workers, access_log=False,
+            "picstore.app:create_app",
+            factory=True,
+            host=settings.host,
+            port=settings.port,
+            log_level=settings.log_level.lower(),
+            workers=args.workers,
+            access_log=False,
             # uvicorn's loggers propagate to the root handler create_app installs (logs.py): one format.
             log_config=None,
         )
@@ -134,22 +139,47 @@ def local_objects(settings: Settings, key: str) -> dict[str, list[dict[str, Any]
     return {
         "team": [{"id": team_id, "name": "Default team"}],
         "project": [{"id": project_id, "team_id": team_id, "name": "Default project"}],
-        "storage_location": [{
-            "id": storage_id, "team_id": team_id, "name": "Local files", "provider": {"type": "local"},
-            "base_location": "default", "public_url_base": f"{settings.public_url}/files/default",
-        }],
-        "conversion_profile": [{
-            "id": conversion_id, "team_id": team_id, "name": "Default",
-            "output": conversion.encode_profile(conversion.default_profile()),
-        }],
-        "upload_profile": [{
-            "id": upload_id, "team_id": team_id, "project_id": project_id, "name": "Default", "short_id": "default",
-            "base_storage_location_id": storage_id, "base_storage_location_path": "originals",
-            "output_storage_location_id": storage_id, "output_storage_location_path": "outputs",
-            "conversion_profile_id": conversion_id,
-        }],
-        "user": [{"id": user_id, "team_id": team_id, "email": "admin@localhost", "name": "Admin",
-                  "default_upload_profile_id": upload_id}],
+        "storage_location": [
+            {
+                "id": storage_id,
+                "team_id": team_id,
+                "name": "Local files",
+                "provider": {"type": "local"},
+                "base_location": "default",
+                "public_url_base": f"{settings.public_url}/files/default",
+            }
+        ],
+        "conversion_profile": [
+            {
+                "id": conversion_id,
+                "team_id": team_id,
+                "name": "Default",
+                "output": conversion.encode_profile(conversion.default_profile()),
+            }
+        ],
+        "upload_profile": [
+            {
+                "id": upload_id,
+                "team_id": team_id,
+                "project_id": project_id,
+                "name": "Default",
+                "short_id": "default",
+                "base_storage_location_id": storage_id,
+                "base_storage_location_path": "originals",
+                "output_storage_location_id": storage_id,
+                "output_storage_location_path": "outputs",
+                "conversion_profile_id": conversion_id,
+            }
+        ],
+        "user": [
+            {
+                "id": user_id,
+                "team_id": team_id,
+                "email": "admin@localhost",
+                "name": "Admin",
+                "default_upload_profile_id": upload_id,
+            }
+        ],
         "role": [{"id": role_id, "team_id": team_id, "name": "Admin"}],
         "user_role": [{"user_id": user_id, "role_id": role_id}],
         "role_permission": [{"team_id": team_id, "role_id": role_id, "permission": "team:admin"}],
@@ -202,18 +232,28 @@ def _run_client(args: argparse.Namespace, work: Callable[[ClientSettings], int])
         print(f"picstore {args.command}: {exc}", file=sys.stderr)
         code = 2
     except KeyboardInterrupt:
-        print(f"picstore {args.command}: interrupted; run the same command again to continue "
-              "(files already uploaded are skipped)", file=sys.stderr)
+        print(
+            f"picstore {args.command}: interrupted; run the same command again to continue "
+            "(files already uploaded are skipped)",
+            file=sys.stderr,
+        )
         code = 130
     raise SystemExit(code)
 
 
 def cmd_publish(args: argparse.Namespace) -> None:
     def work(client: ClientSettings) -> int:
-        results = asyncio.run(publish.publish_files(
-            client, [Path(f) for f in args.files], args.project, args.upload_profile, args.alt, args.json,
-            args.timeout,
-        ))
+        results = asyncio.run(
+            publish.publish_files(
+                client,
+                [Path(f) for f in args.files],
+                args.project,
+                args.upload_profile,
+                args.alt,
+                args.json,
+                args.timeout,
+            )
+        )
         for line in publish.problems(results):
             print(f"picstore publish: {line}", file=sys.stderr)
         if text := publish.render_published(results, args.json):
@@ -225,9 +265,11 @@ def cmd_publish(args: argparse.Namespace) -> None:
 
 def cmd_import(args: argparse.Namespace) -> None:
     def work(client: ClientSettings) -> int:
-        report = asyncio.run(publish.import_folder(
-            client, Path(args.folder), args.project, args.upload_profile, args.concurrency
-        ))
+        report = asyncio.run(
+            publish.import_folder(
+                client, Path(args.folder), args.project, args.upload_profile, args.concurrency
+            )
+        )
         print(publish.summary(report))
         return publish.exit_code(report.outcomes)
 
@@ -245,7 +287,9 @@ def _client_flags(command: argparse.ArgumentParser) -> None:
     command.add_argument("--url", help="the server, e.g. https://pics.example.com (default: PICSTORE_URL)")
     command.add_argument("--api-key", help="prefer PICSTORE_API_KEY: flags show up in process lists")
     command.add_argument("--project", help="project id (default: the only project the key can see)")
-    command.add_argument("--upload-profile", help="upload profile id or short id (default: the project's only one)")
+    command.add_argument(
+        "--upload-profile", help="upload profile id or short id (default: the project's only one)"
+    )
 
 
 def parser() -> argparse.ArgumentParser:
@@ -256,7 +300,9 @@ def parser() -> argparse.ArgumentParser:
     serve.add_argument("--workers", type=int, default=1, help="uvicorn worker processes")
     serve.set_defaults(run=cmd_serve)
     worker = sub.add_parser("worker", help="run the background job worker")
-    worker.add_argument("--concurrency", type=int, default=0, help="parallel jobs (default PICSTORE_WORKER_CONCURRENCY)")
+    worker.add_argument(
+        "--concurrency", type=int, default=0, help="parallel jobs (default PICSTORE_WORKER_CONCURRENCY)"
+    )
     worker.set_defaults(run=cmd_worker)
     mig = sub.add_parser("migrate", help="apply database migrations")
     mig.add_argument("revision", nargs="?", default="head")
@@ -277,7 +323,9 @@ def parser() -> argparse.ArgumentParser:
     pw = sub.add_parser("hash-password", help="print an argon2id hash of a password")
     pw.add_argument("password", nargs="?")
     pw.set_defaults(run=cmd_hash_password)
-    pub = sub.add_parser("publish", help="upload image files (unless already there) and print their <picture> tags")
+    pub = sub.add_parser(
+        "publish", help="upload image files (unless already there) and print their <picture> tags"
+    )
     pub.add_argument("files", nargs="+", metavar="FILE")
     _client_flags(pub)
     pub.add_argument("--alt", default="", help="alt text for the uploaded images")

@@ -11,6 +11,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 from picstore import errors, ids
 from picstore.auth import Caller
 
+
 def make_engine(url: str, pool_size: int = 10, statement_timeout: float = 60) -> AsyncEngine:
     """Pooled connections are pinged before use, so a restarted server costs no request an error. The
     statement timeout also bounds that ping: a server that stops answering (frozen, or cut off by the
@@ -66,4 +67,3 @@ def parse_ref(prefix: str, text: str, what: str) -> uuid.UUID:
         return ids.parse_id(prefix, text)
     except ids.InvalidId:
         raise errors.Invalid(f"{what}: {text[:64]!r} is not a valid id") from None
-

@@ -1,16 +1,16 @@
 """The error tree of picstore. Each class carries its wire `kind`; app.py maps classes to HTTP status.
 
-    PicstoreError
-    ├── BadRequest            (bad_request)
-    ├── Unauthenticated       (authn)
-    ├── MissingPermission     (missing_permission)
-    ├── NotFound              (not_found)
-    ├── Conflict              (conflict)
-    ├── PayloadTooLarge       (payload_too_large)
-    ├── RequestTimeout        (request_timeout)
-    ├── UnsupportedMedia      (unsupported_media_type)
-    ├── Invalid               (invalid)
-    └── Unavailable           (unavailable)
+PicstoreError
+├── BadRequest            (bad_request)
+├── Unauthenticated       (authn)
+├── MissingPermission     (missing_permission)
+├── NotFound              (not_found)
+├── Conflict              (conflict)
+├── PayloadTooLarge       (payload_too_large)
+├── RequestTimeout        (request_timeout)
+├── UnsupportedMedia      (unsupported_media_type)
+├── Invalid               (invalid)
+└── Unavailable           (unavailable)
 """
 
 from __future__ import annotations

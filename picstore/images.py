@@ -32,7 +32,9 @@ async def resolve_profile(
         query = query.where(models.UploadProfile.project_id == project_id)
     if ref is None:
         if caller.default_upload_profile_id is None:
-            raise errors.BadRequest("no upload_profile given and the key or user has no default upload profile")
+            raise errors.BadRequest(
+                "no upload_profile given and the key or user has no default upload profile"
+            )
         query = query.where(models.UploadProfile.id == caller.default_upload_profile_id)
     else:
         try:
@@ -46,7 +48,9 @@ async def resolve_profile(
     return profile
 
 
-def original_location(project: models.Project, profile: models.UploadProfile, image_id: uuid.UUID, filename: str) -> str:
+def original_location(
+    project: models.Project, profile: models.UploadProfile, image_id: uuid.UUID, filename: str
+) -> str:
     """Originals get the image id in their name, so two uploads of `photo.jpg` never share an object."""
     stem, ext = conversion.split_stem(conversion.sanitize_filename(filename))
     name = f"{stem}-{ids.short(image_id)}" + (f".{ext.lower()}" if ext else "")
@@ -54,7 +58,11 @@ def original_location(project: models.Project, profile: models.UploadProfile, im
 
 
 def new_image(
-    caller: Caller, project: models.Project, profile: models.UploadProfile, filename: str, name: str,
+    caller: Caller,
+    project: models.Project,
+    profile: models.UploadProfile,
+    filename: str,
+    name: str,
     alt_text: str,
 ) -> models.BaseImage:
     """A base image row, not yet added: `name` (Pic Store's `location`) names the stored original."""
@@ -139,7 +147,12 @@ async def record_upload(session: AsyncSession, image: models.BaseImage, spooled:
     image.hash = spooled.sha256
     image.file_size = spooled.size
     image.format = header.format
-    image.width, image.height, image.frames, image.has_alpha = header.width, header.height, header.frames, header.has_alpha
+    image.width, image.height, image.frames, image.has_alpha = (
+        header.width,
+        header.height,
+        header.frames,
+        header.has_alpha,
+    )
     image.upload_sha256 = image.upload_size = None
     image.error = None
     await replan(session, image)
@@ -153,7 +166,9 @@ async def replan(session: AsyncSession, image: models.BaseImage) -> list[uuid.UU
     project = await session.get_one(models.Project, image.project_id)
     conversion_profile = await session.get_one(models.ConversionProfile, profile.conversion_profile_id)
     stem = conversion.split_stem(conversion.sanitize_filename(image.filename))[0]
-    planned = conversion.plan_outputs(conversion.decode_profile(conversion_profile.output), facts(image), stem)
+    planned = conversion.plan_outputs(
+        conversion.decode_profile(conversion_profile.output), facts(image), stem
+    )
     directory = paths.join(project.base_location, profile.output_storage_location_path)
 
     # Obsolete rows too (locked, so the purge task cannot delete one's file while it comes back): a planned
@@ -181,7 +196,11 @@ async def replan(session: AsyncSession, image: models.BaseImage) -> list[uuid.UU
     for location, row in existing.items():
         if location not in kept and row.status in LIVE_OUTPUTS:
             row.status, row.obsolete_since = "obsolete", now
-    image.status = "queued" if queued or any(o.status in UNSETTLED for o in existing.values() if o.location in kept) else "ready"
+    image.status = (
+        "queued"
+        if queued or any(o.status in UNSETTLED for o in existing.values() if o.location in kept)
+        else "ready"
+    )
     await session.flush()
     return queued
 
@@ -198,9 +217,16 @@ def _new_output(
         format=plan.format,
         size_rule=plan.size,
         params={
-            "quality": plan.quality, "effort": plan.effort, "lossless": plan.lossless, "width": plan.width,
-            "height": plan.height, "fit": plan.fit, "crop": plan.crop, "focal": plan.focal,
-            "animated": plan.animated, "label": plan.label,
+            "quality": plan.quality,
+            "effort": plan.effort,
+            "lossless": plan.lossless,
+            "width": plan.width,
+            "height": plan.height,
+            "fit": plan.fit,
+            "crop": plan.crop,
+            "focal": plan.focal,
+            "animated": plan.animated,
+            "label": plan.label,
             "family": plan.label.split("@")[0],
         },
         density=plan.density,
@@ -236,7 +262,10 @@ async def find_duplicate(
 
 
 async def by_hash(
-    session: AsyncSession, caller: Caller, sha256: str, project_id: uuid.UUID | None = None,
+    session: AsyncSession,
+    caller: Caller,
+    sha256: str,
+    project_id: uuid.UUID | None = None,
     profile_id: uuid.UUID | None = None,
 ) -> models.BaseImage:
     """The newest readable image of the team with these bytes; 403 when the team has one the caller may not
@@ -283,8 +312,13 @@ async def url_bases(session: AsyncSession, location_ids: set[uuid.UUID]) -> dict
 
 
 async def list_images(
-    session: AsyncSession, caller: Caller, project_id: uuid.UUID, limit: int, after: uuid.UUID | None,
-    status: str | None, upload_profile_id: uuid.UUID | None,
+    session: AsyncSession,
+    caller: Caller,
+    project_id: uuid.UUID,
+    limit: int,
+    after: uuid.UUID | None,
+    status: str | None,
+    upload_profile_id: uuid.UUID | None,
 ) -> list[models.BaseImage]:
     caller.require("project:read", project_id)
     query = select(models.BaseImage).where(
@@ -302,7 +336,10 @@ async def list_images(
 
 
 async def update_info(
-    session: AsyncSession, caller: Caller, image_id: uuid.UUID, alt_text: str | None,
+    session: AsyncSession,
+    caller: Caller,
+    image_id: uuid.UUID,
+    alt_text: str | None,
     focal: tuple[float, float] | None,
 ) -> tuple[models.BaseImage, bool]:
     """Returns the image and whether outputs were re-planned (a new focal point moves cover crops)."""
@@ -334,7 +371,6 @@ async def mark_deleting(session: AsyncSession, caller: Caller, image_id: uuid.UU
     return image
 
 
-
 def _output_view(output: models.OutputImage, url_base: str) -> schemas.OutputOut:
     return schemas.OutputOut(
         id=ids.format_id(ids.OUTPUT_IMAGE, output.id),
@@ -355,7 +391,11 @@ def _output_view(output: models.OutputImage, url_base: str) -> schemas.OutputOut
 def _image_view(
     image: models.BaseImage, outputs: list[models.OutputImage], bases: dict[uuid.UUID, str]
 ) -> schemas.ImageOut:
-    focal = None if image.focal_x is None or image.focal_y is None else schemas.FocalPoint(image.focal_x, image.focal_y)
+    focal = (
+        None
+        if image.focal_x is None or image.focal_y is None
+        else schemas.FocalPoint(image.focal_x, image.focal_y)
+    )
     return schemas.ImageOut(
         id=ids.format_id(ids.BASE_IMAGE, image.id),
         project_id=ids.format_id(ids.PROJECT, image.project_id),
@@ -384,7 +424,9 @@ def _image_view(
 async def views(session: AsyncSession, found: list[models.BaseImage]) -> list[schemas.ImageOut]:
     """Images with their outputs and URLs, in three queries however many images there are."""
     outputs = await outputs_of(session, [i.id for i in found])
-    bases = await url_bases(session, {i.storage_location_id for i in found} | {o.storage_location_id for o in outputs})
+    bases = await url_bases(
+        session, {i.storage_location_id for i in found} | {o.storage_location_id for o in outputs}
+    )
     by_image: dict[uuid.UUID, list[models.OutputImage]] = {}
     for output in outputs:
         by_image.setdefault(output.base_image_id, []).append(output)

@@ -598,9 +598,7 @@ def _encode(image: pyvips.Image, spec: OutputSpec) -> bytes:
             keep="none",
         )
     if spec.format == "webp":
-        return image.webpsave_buffer(
-            Q=spec.quality, effort=spec.effort, lossless=spec.lossless, keep="none"
-        )
+        return image.webpsave_buffer(Q=spec.quality, effort=spec.effort, lossless=spec.lossless, keep="none")
     if spec.format == "avif":
         return image.heifsave_buffer(compression="av1", Q=spec.quality, effort=spec.effort, keep="none")
     if spec.format == "png":

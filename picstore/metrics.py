@@ -100,14 +100,24 @@ class Registry:
             for sample in histogram_samples(key, h.buckets, h.cumulative, h.total)
         ]
         return [
-            Family("picstore_http_requests_total", "counter",
-                   "HTTP requests by method, route template and status.",
-                   [("", k, v) for k, v in self.requests.items()]),
-            Family("picstore_http_request_duration_seconds", "histogram",
-                   "HTTP request duration by method and route template.", durations),
-            Family("picstore_upload_bytes_total", "counter",
-                   "Request body bytes received by the upload routes.",
-                   [("", k, v) for k, v in self.upload_bytes.items()]),
+            Family(
+                "picstore_http_requests_total",
+                "counter",
+                "HTTP requests by method, route template and status.",
+                [("", k, v) for k, v in self.requests.items()],
+            ),
+            Family(
+                "picstore_http_request_duration_seconds",
+                "histogram",
+                "HTTP request duration by method and route template.",
+                durations,
+            ),
+            Family(
+                "picstore_upload_bytes_total",
+                "counter",
+                "Request body bytes received by the upload routes.",
+                [("", k, v) for k, v in self.upload_bytes.items()],
+            ),
         ]
 
 
@@ -151,12 +161,18 @@ async def _jobs(session: AsyncSession) -> list[Family]:
     # Known queues always report, so an alert on depth sees 0 rather than no series.
     depth = {jobs.QUEUE: 0, jobs.WEBHOOK_QUEUE: 0, **dict((await session.execute(TODO)).tuples().all())}
     return [
-        Family("picstore_jobs", "gauge",
-               "Jobs by task and status (todo, doing, succeeded, failed, ...); finished jobs are kept for a week.",
-               [("", (("task", t), ("status", s)), n) for t, s, n in by_task]),
-        Family("picstore_queue_depth", "gauge",
-               "Jobs waiting to run (todo, scheduled retries included) by queue.",
-               [("", (("queue", q),), n) for q, n in sorted(depth.items())]),
+        Family(
+            "picstore_jobs",
+            "gauge",
+            "Jobs by task and status (todo, doing, succeeded, failed, ...); finished jobs are kept for a week.",
+            [("", (("task", t), ("status", s)), n) for t, s, n in by_task],
+        ),
+        Family(
+            "picstore_queue_depth",
+            "gauge",
+            "Jobs waiting to run (todo, scheduled retries included) by queue.",
+            [("", (("queue", q),), n) for q, n in sorted(depth.items())],
+        ),
     ]
 
 
@@ -179,20 +195,32 @@ async def _outputs(session: AsyncSession) -> list[Family]:
         for s in histogram_samples((("format", fmt),), seconds, cumulative, (total_ms or 0) / 1000)
     ]
     return [
-        Family("picstore_output_bytes", "gauge", "Bytes of ready outputs by format.",
-               [("", (("format", f),), int(n or 0)) for f, n in stored.tuples().all()]),
-        Family("picstore_conversion_seconds", "histogram",
-               "Seconds to shape and encode one stored output from its job's shared decode, by format.",
-               conversion),
+        Family(
+            "picstore_output_bytes",
+            "gauge",
+            "Bytes of ready outputs by format.",
+            [("", (("format", f),), int(n or 0)) for f, n in stored.tuples().all()],
+        ),
+        Family(
+            "picstore_conversion_seconds",
+            "histogram",
+            "Seconds to shape and encode one stored output from its job's shared decode, by format.",
+            conversion,
+        ),
     ]
 
 
 async def _deliveries(session: AsyncSession) -> list[Family]:
     d = models.WebhookDelivery
     rows = (await session.execute(select(d.status, func.count()).group_by(d.status))).tuples().all()
-    return [Family("picstore_webhook_deliveries", "gauge",
-                   "Webhook deliveries by status (pending, delivered, failed).",
-                   [("", (("status", s),), n) for s, n in rows])]
+    return [
+        Family(
+            "picstore_webhook_deliveries",
+            "gauge",
+            "Webhook deliveries by status (pending, delivered, failed).",
+            [("", (("status", s),), n) for s, n in rows],
+        )
+    ]
 
 
 async def scrape(registry: Registry, sessions: async_sessionmaker[AsyncSession]) -> str:
@@ -205,8 +233,11 @@ async def scrape(registry: Registry, sessions: async_sessionmaker[AsyncSession])
     except (DBAPIError, OSError) as exc:
         log.warning("metrics: the database did not answer: %s", exc)
         up = 0
-    families.append(Family("picstore_database_up", "gauge", "Whether this scrape could read the database.",
-                           [("", (), up)]))
+    families.append(
+        Family(
+            "picstore_database_up", "gauge", "Whether this scrape could read the database.", [("", (), up)]
+        )
+    )
     return exposition(families)
 
 
@@ -265,7 +296,15 @@ def _record(
     registry.observe(method, route, status, seconds, received if is_upload else None)
     log.log(
         logging.WARNING if status >= 500 else logging.INFO,
-        "%s %s %s", method, route, status,
-        extra={"method": method, "route": route, "path": path, "status": status,
-               "duration_ms": round(seconds * 1000, 1)},
+        "%s %s %s",
+        method,
+        route,
+        status,
+        extra={
+            "method": method,
+            "route": route,
+            "path": path,
+            "status": status,
+            "duration_ms": round(seconds * 1000, 1),
+        },
     )

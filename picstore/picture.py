@@ -13,7 +13,13 @@ from dataclasses import dataclass, field
 
 SOURCE_ORDER = ("avif", "webp")
 FALLBACK_ORDER = ("jpg", "png", "gif")
-MIME = {"avif": "image/avif", "webp": "image/webp", "jpg": "image/jpeg", "png": "image/png", "gif": "image/gif"}
+MIME = {
+    "avif": "image/avif",
+    "webp": "image/webp",
+    "jpg": "image/jpeg",
+    "png": "image/png",
+    "gif": "image/gif",
+}
 BROWSER_FORMATS = frozenset({"jpg", "png", "gif", "webp", "avif"})
 PREFERRED_SRC_WIDTH = 800
 
@@ -119,8 +125,12 @@ def _fallback_format(by_format: dict[str, list[Output]], original: Original) -> 
 
 
 def build(
-    original: Original, outputs: list[Output], sizes: str | None = None, class_: str | None = None,
-    slot: str | None = None, placeholder: bool = False,
+    original: Original,
+    outputs: list[Output],
+    sizes: str | None = None,
+    class_: str | None = None,
+    slot: str | None = None,
+    placeholder: bool = False,
 ) -> Picture:
     """The picture for these ready outputs (the caller filters on status)."""
     fixed = _fixed_family(outputs, slot)
@@ -156,12 +166,16 @@ def build(
         class_=class_,
         style=style,
     )
-    extra = {"dominant_color": original.dominant_color, "blurhash": original.placeholder} if placeholder else {}
+    extra = (
+        {"dominant_color": original.dominant_color, "blurhash": original.placeholder} if placeholder else {}
+    )
     return Picture(sources, img, extra)
 
 
 def _attrs(pairs: list[tuple[str, str | int | None]]) -> str:
-    return "".join(f' {name}="{html.escape(str(value), quote=True)}"' for name, value in pairs if value is not None)
+    return "".join(
+        f' {name}="{html.escape(str(value), quote=True)}"' for name, value in pairs if value is not None
+    )
 
 
 def render(picture: Picture) -> str:
@@ -172,11 +186,21 @@ def render(picture: Picture) -> str:
     blurhash = picture.placeholder.get("blurhash")
     lines.append(
         "  <img"
-        + _attrs([
-            ("src", i.src), ("srcset", i.srcset), ("sizes", i.sizes), ("width", i.width), ("height", i.height),
-            ("alt", i.alt), ("loading", "lazy"), ("decoding", "async"), ("class", i.class_), ("style", i.style),
-            ("data-blurhash", blurhash),
-        ])
+        + _attrs(
+            [
+                ("src", i.src),
+                ("srcset", i.srcset),
+                ("sizes", i.sizes),
+                ("width", i.width),
+                ("height", i.height),
+                ("alt", i.alt),
+                ("loading", "lazy"),
+                ("decoding", "async"),
+                ("class", i.class_),
+                ("style", i.style),
+                ("data-blurhash", blurhash),
+            ]
+        )
         + ">"
     )
     lines.append("</picture>")

@@ -39,8 +39,13 @@ async def _check_project(session: AsyncSession, caller: Caller, project_id: uuid
 
 
 async def _one(
-    session: AsyncSession, caller: Caller, model: Any, object_id: uuid.UUID, project_id: uuid.UUID | None,
-    include_global: bool, what: str,
+    session: AsyncSession,
+    caller: Caller,
+    model: Any,
+    object_id: uuid.UUID,
+    project_id: uuid.UUID | None,
+    include_global: bool,
+    what: str,
 ) -> Any:
     query = select(model).where(
         model.id == object_id, db.live(model, caller), _in_scope(model, project_id, include_global)
@@ -51,9 +56,7 @@ async def _one(
     return found
 
 
-async def _list(
-    session: AsyncSession, caller: Caller, model: Any, project_id: uuid.UUID | None
-) -> list[Any]:
+async def _list(session: AsyncSession, caller: Caller, model: Any, project_id: uuid.UUID | None) -> list[Any]:
     query = (
         select(model)
         .where(db.live(model, caller), _in_scope(model, project_id, include_global=True))
@@ -121,13 +124,11 @@ def check_storage(data: schemas.StorageLocationIn, roots: tuple[str, ...]) -> No
         raise errors.Invalid("provider.endpoint: must be a host or an http(s) URL")
 
 
-def apply_storage(
-    location: models.StorageLocation, data: schemas.StorageLocationIn, server_key: str
-) -> None:
+def apply_storage(location: models.StorageLocation, data: schemas.StorageLocationIn, server_key: str) -> None:
     location.name = data.name
-    location.base_location = data.base_location.strip("/") if isinstance(
-        data.provider, schemas.S3Provider
-    ) else data.base_location
+    location.base_location = (
+        data.base_location.strip("/") if isinstance(data.provider, schemas.S3Provider) else data.base_location
+    )
     location.public_url_base = data.public_url_base
     if isinstance(data.provider, schemas.LocalProvider):
         location.provider = {"type": "local"}
@@ -171,8 +172,12 @@ async def get_storage(
 
 
 async def create_storage(
-    session: AsyncSession, caller: Caller, project_id: uuid.UUID | None, data: schemas.StorageLocationIn,
-    server_key: str, roots: tuple[str, ...],
+    session: AsyncSession,
+    caller: Caller,
+    project_id: uuid.UUID | None,
+    data: schemas.StorageLocationIn,
+    server_key: str,
+    roots: tuple[str, ...],
 ) -> models.StorageLocation:
     await _check_project(session, caller, project_id)
     caller.require(STORAGE_PERMISSION, project_id)
@@ -188,8 +193,13 @@ async def create_storage(
 
 
 async def update_storage(
-    session: AsyncSession, caller: Caller, project_id: uuid.UUID | None, location_id: uuid.UUID,
-    data: schemas.StorageLocationIn, server_key: str, roots: tuple[str, ...],
+    session: AsyncSession,
+    caller: Caller,
+    project_id: uuid.UUID | None,
+    location_id: uuid.UUID,
+    data: schemas.StorageLocationIn,
+    server_key: str,
+    roots: tuple[str, ...],
 ) -> models.StorageLocation:
     await _check_project(session, caller, project_id)
     caller.require(STORAGE_PERMISSION, project_id)
@@ -284,7 +294,10 @@ async def create_conversion(
 
 
 async def update_conversion(
-    session: AsyncSession, caller: Caller, project_id: uuid.UUID | None, profile_id: uuid.UUID,
+    session: AsyncSession,
+    caller: Caller,
+    project_id: uuid.UUID | None,
+    profile_id: uuid.UUID,
     data: schemas.ConversionProfileIn,
 ) -> models.ConversionProfile:
     await _check_project(session, caller, project_id)
@@ -344,7 +357,13 @@ def upload_out(profile: models.UploadProfile) -> schemas.UploadProfileOut:
 
 
 async def _reference(
-    session: AsyncSession, caller: Caller, model: Any, prefix: str, text: str, project_id: uuid.UUID, what: str
+    session: AsyncSession,
+    caller: Caller,
+    model: Any,
+    prefix: str,
+    text: str,
+    project_id: uuid.UUID,
+    what: str,
 ) -> uuid.UUID:
     """A referenced object must be live, in the caller's team, and global or in the same project (else 422)."""
     object_id = db.parse_ref(prefix, text, what)
@@ -363,27 +382,42 @@ async def _apply_upload(
 ) -> None:
     project_id = profile.project_id
     profile.base_storage_location_id = await _reference(
-        session, caller, models.StorageLocation, ids.STORAGE_LOCATION, data.base_storage_location_id,
-        project_id, "base_storage_location_id",
+        session,
+        caller,
+        models.StorageLocation,
+        ids.STORAGE_LOCATION,
+        data.base_storage_location_id,
+        project_id,
+        "base_storage_location_id",
     )
     profile.output_storage_location_id = await _reference(
-        session, caller, models.StorageLocation, ids.STORAGE_LOCATION, data.output_storage_location_id,
-        project_id, "output_storage_location_id",
+        session,
+        caller,
+        models.StorageLocation,
+        ids.STORAGE_LOCATION,
+        data.output_storage_location_id,
+        project_id,
+        "output_storage_location_id",
     )
     profile.conversion_profile_id = await _reference(
-        session, caller, models.ConversionProfile, ids.CONVERSION_PROFILE, data.conversion_profile_id,
-        project_id, "conversion_profile_id",
+        session,
+        caller,
+        models.ConversionProfile,
+        ids.CONVERSION_PROFILE,
+        data.conversion_profile_id,
+        project_id,
+        "conversion_profile_id",
     )
     # short_id only after the lookups above: their autoflush would hit the unique index outside
     # _flush_unique and answer a vague 409 instead of naming the short_id.
     profile.name = data.name
     profile.short_id = data.short_id
-    profile.base_storage_location_path = paths.clean_segment(
-        data.base_storage_location_path, "base_storage_location_path"
-    ) or None
-    profile.output_storage_location_path = paths.clean_segment(
-        data.output_storage_location_path, "output_storage_location_path"
-    ) or None
+    profile.base_storage_location_path = (
+        paths.clean_segment(data.base_storage_location_path, "base_storage_location_path") or None
+    )
+    profile.output_storage_location_path = (
+        paths.clean_segment(data.output_storage_location_path, "output_storage_location_path") or None
+    )
     profile.max_bytes = data.max_bytes
     profile.max_pixels = data.max_pixels
     profile.allowed_formats = sorted(set(data.allowed_formats))
@@ -436,7 +470,10 @@ async def create_upload(
 
 
 async def update_upload(
-    session: AsyncSession, caller: Caller, project_id: uuid.UUID, profile_id: uuid.UUID,
+    session: AsyncSession,
+    caller: Caller,
+    project_id: uuid.UUID,
+    profile_id: uuid.UUID,
     data: schemas.UploadProfileIn,
 ) -> models.UploadProfile:
     await _check_project(session, caller, project_id)

@@ -29,7 +29,9 @@ async def list_projects(session: AsyncSession, caller: Caller) -> list[models.Pr
     return list((await session.scalars(query)).all())
 
 
-async def get(session: AsyncSession, caller: Caller, project_id: uuid.UUID, permission: str) -> models.Project:
+async def get(
+    session: AsyncSession, caller: Caller, project_id: uuid.UUID, permission: str
+) -> models.Project:
     query = select(models.Project).where(models.Project.id == project_id, db.live(models.Project, caller))
     project: models.Project = await db.get_allowed(
         session, query, models.Project.id, caller, permission, "project"

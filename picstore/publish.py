@@ -139,7 +139,8 @@ class Api:
         self.url = settings.url
         limits = httpx.Timeout(timeout, connect=10.0)
         self.http = httpx.AsyncClient(
-            base_url=settings.url, timeout=limits,
+            base_url=settings.url,
+            timeout=limits,
             headers={"Authorization": f"Bearer {settings.api_key}", "User-Agent": "picstore-publish"},
         )
         # Presigned URLs carry their own authorisation: object storage must never see our API key.
@@ -219,7 +220,8 @@ async def pending_images(api: Api, target: Target) -> dict[str, list[str]]:
 
 async def find_existing(api: Api, target: Target, sha256: str) -> dict[str, Any] | None:
     response = await api.request(
-        "GET", f"/api/image_by_hash/{sha256}",
+        "GET",
+        f"/api/image_by_hash/{sha256}",
         params={"project": target.project_id, "upload_profile": target.profile_id},
     )
     if response.status_code == 404:
@@ -366,8 +368,13 @@ class ImportProgress:
 
     def __post_init__(self) -> None:
         self.bar = Progress(
-            TextColumn("importing"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[counts]}"),
-            TextColumn("{task.fields[rate]}"), TimeElapsedColumn(), console=Console(stderr=True),
+            TextColumn("importing"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TextColumn("{task.fields[counts]}"),
+            TextColumn("{task.fields[rate]}"),
+            TimeElapsedColumn(),
+            console=Console(stderr=True),
         )
         self.task = self.bar.add_task("import", total=self.total, counts=self._counts(), rate="")
 
@@ -464,8 +471,13 @@ def exit_code(outcomes: Sequence[Outcome]) -> int:
 
 
 async def publish_files(
-    settings: ClientSettings, paths: Sequence[Path], project: str | None, upload_profile: str | None,
-    alt: str, as_json: bool, timeout: float,
+    settings: ClientSettings,
+    paths: Sequence[Path],
+    project: str | None,
+    upload_profile: str | None,
+    alt: str,
+    as_json: bool,
+    timeout: float,
 ) -> list[Published]:
     """Upload what is missing, wait for every image's outputs, and fetch each picture."""
     files = [_local(p) for p in paths]
@@ -473,8 +485,12 @@ async def publish_files(
         target = await resolve_target(api, project, upload_profile)
         publisher = Publisher(api, target, await pending_images(api, target), alt, lambda _: None)
         with Progress(
-            TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-            TextColumn("{task.fields[state]}"), TimeElapsedColumn(), console=Console(stderr=True),
+            TextColumn("{task.description}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TextColumn("{task.fields[state]}"),
+            TimeElapsedColumn(),
+            console=Console(stderr=True),
         ) as bar:
             return [await _publish_one(api, publisher, bar, f, as_json, timeout) for f in files]
 
@@ -494,6 +510,7 @@ async def _publish_one(
     if outcome.image_id is None or outcome.kind in ("refused", "failed"):
         bar.update(task, state=outcome.kind)
         return Published(outcome, error=outcome.reason)
+
     def show(done: int, total: int, state: str) -> None:
         bar.update(task, completed=done, total=total, state=state)
 

@@ -174,7 +174,9 @@ def _sha256_of(path: str) -> str:
     return digest.hexdigest()
 
 
-async def _render_and_store(res: Resources, work: _Work) -> tuple[imaging.Summary, list[imaging.Rendered]] | None:
+async def _render_and_store(
+    res: Resources, work: _Work
+) -> tuple[imaging.Summary, list[imaging.Rendered]] | None:
     """None when the original changed under us (a replacement upload): its own job will redo the work."""
     base_store = await res.stores.for_location(work.base)
     with _temp_path() as path:
@@ -184,12 +186,16 @@ async def _render_and_store(res: Resources, work: _Work) -> tuple[imaging.Summar
         started = time.perf_counter()
         specs = [_spec(o, work.image) for o in work.outputs]
         summary, rendered = await anyio.to_thread.run_sync(imaging.render, path, _header(work.image), specs)
-    log.info("image %s: rendered %d outputs in %.2f s", work.image.id, len(rendered), time.perf_counter() - started)
+    log.info(
+        "image %s: rendered %d outputs in %.2f s", work.image.id, len(rendered), time.perf_counter() - started
+    )
     by_id = {str(o.id): o for o in work.outputs}
     for item in rendered:
         output = by_id[item.key]
         out_store = await res.stores.for_location(work.locations[output.storage_location_id])
-        await out_store.put_bytes(output.location, item.data, conversion.content_type(output.format), OUTPUT_CACHE_CONTROL)
+        await out_store.put_bytes(
+            output.location, item.data, conversion.content_type(output.format), OUTPUT_CACHE_CONTROL
+        )
     return summary, rendered
 
 
@@ -205,9 +211,15 @@ async def _finish(
             # Only outputs still converting: a replacement may have made some obsolete meanwhile.
             await session.execute(
                 update(models.OutputImage)
-                .where(models.OutputImage.id == uuid.UUID(item.key), models.OutputImage.status == "converting")
+                .where(
+                    models.OutputImage.id == uuid.UUID(item.key), models.OutputImage.status == "converting"
+                )
                 .values(
-                    status="ready", width=item.width, height=item.height, file_size=len(item.data), reason=None,
+                    status="ready",
+                    width=item.width,
+                    height=item.height,
+                    file_size=len(item.data),
+                    reason=None,
                     convert_ms=round(item.seconds * 1000),
                 )
             )
@@ -224,7 +236,10 @@ async def _fail(res: Resources, image_id: uuid.UUID, reason: str) -> list[uuid.U
             return []
         await session.execute(
             update(models.OutputImage)
-            .where(models.OutputImage.base_image_id == image_id, models.OutputImage.status.in_(("queued", "converting")))
+            .where(
+                models.OutputImage.base_image_id == image_id,
+                models.OutputImage.status.in_(("queued", "converting")),
+            )
             .values(status="failed", reason=reason)
         )
         image.status, image.error = "failed", reason
@@ -274,7 +289,9 @@ async def convert_image(context: JobContext, image_id: str) -> None:
     except Exception as exc:
         # A bug, not the input: fail the image with a reason instead of leaving it for reconcile forever.
         log.exception("image %s: unexpected error while converting", iid)
-        failed = await _fail(res, iid, f"internal error while converting ({type(exc).__name__}); see the worker log")
+        failed = await _fail(
+            res, iid, f"internal error while converting ({type(exc).__name__}); see the worker log"
+        )
         await jobs.defer_deliveries(context.app, failed)
         return
     if done is None:
@@ -291,11 +308,15 @@ async def delete_image(context: JobContext, image_id: str) -> None:
         image = await session.get(models.BaseImage, iid)
         if image is None or image.status != "deleting":
             return
-        outputs = list(await session.scalars(select(models.OutputImage).where(models.OutputImage.base_image_id == iid)))
+        outputs = list(
+            await session.scalars(select(models.OutputImage).where(models.OutputImage.base_image_id == iid))
+        )
         ids = {image.storage_location_id, *(o.storage_location_id for o in outputs)}
         locations = {
             loc.id: loc
-            for loc in await session.scalars(select(models.StorageLocation).where(models.StorageLocation.id.in_(ids)))
+            for loc in await session.scalars(
+                select(models.StorageLocation).where(models.StorageLocation.id.in_(ids))
+            )
         }
     for location_id, key in [(o.storage_location_id, o.location) for o in outputs] + [
         (image.storage_location_id, images.original_key(image))
@@ -304,7 +325,9 @@ async def delete_image(context: JobContext, image_id: str) -> None:
     async with res.sessions() as session, session.begin():
         await session.execute(delete(models.OutputImage).where(models.OutputImage.base_image_id == iid))
         await session.execute(
-            update(models.BaseImage).where(models.BaseImage.id == iid).values(status="deleted", deleted=datetime.now(UTC))
+            update(models.BaseImage)
+            .where(models.BaseImage.id == iid)
+            .values(status="deleted", deleted=datetime.now(UTC))
         )
         deleted = await webhooks.announce(session, await session.get_one(models.BaseImage, iid))
     await jobs.defer_deliveries(context.app, deleted)
@@ -363,7 +386,9 @@ STRANDED_DELIVERIES = text(
 
 
 @jobs.app.periodic(cron=RECONCILE_CRON, periodic_id="reconcile")
-@jobs.app.task(name="picstore.tasks.reconcile", queue=jobs.QUEUE, pass_context=True, queueing_lock="reconcile")
+@jobs.app.task(
+    name="picstore.tasks.reconcile", queue=jobs.QUEUE, pass_context=True, queueing_lock="reconcile"
+)
 async def reconcile(context: JobContext, timestamp: int) -> None:
     """Retry jobs of dead workers, and re-defer images and webhook deliveries whose job was lost between
     commit and defer."""
@@ -386,26 +411,35 @@ async def reconcile(context: JobContext, timestamp: int) -> None:
 
 
 @jobs.app.periodic(cron="*/10 * * * *", periodic_id="purge_obsolete")
-@jobs.app.task(name="picstore.tasks.purge_obsolete", queue=jobs.QUEUE, pass_context=True, queueing_lock="purge")
+@jobs.app.task(
+    name="picstore.tasks.purge_obsolete", queue=jobs.QUEUE, pass_context=True, queueing_lock="purge"
+)
 async def purge_obsolete(context: JobContext, timestamp: int) -> None:
     """Delete obsolete outputs once their upload profile's retention has passed (None keeps them forever)."""
     res = _resources(context)
     async with res.sessions() as session:
         rows = (
-            await session.execute(
-                select(models.OutputImage, models.StorageLocation)
-                .join(models.BaseImage, models.BaseImage.id == models.OutputImage.base_image_id)
-                .join(models.UploadProfile, models.UploadProfile.id == models.BaseImage.upload_profile_id)
-                .join(models.StorageLocation, models.StorageLocation.id == models.OutputImage.storage_location_id)
-                .where(
-                    models.OutputImage.status == "obsolete",
-                    models.UploadProfile.obsolete_retention_seconds.is_not(None),
-                    models.OutputImage.obsolete_since
-                    < text("now() - make_interval(secs => upload_profiles.obsolete_retention_seconds)"),
+            (
+                await session.execute(
+                    select(models.OutputImage, models.StorageLocation)
+                    .join(models.BaseImage, models.BaseImage.id == models.OutputImage.base_image_id)
+                    .join(models.UploadProfile, models.UploadProfile.id == models.BaseImage.upload_profile_id)
+                    .join(
+                        models.StorageLocation,
+                        models.StorageLocation.id == models.OutputImage.storage_location_id,
+                    )
+                    .where(
+                        models.OutputImage.status == "obsolete",
+                        models.UploadProfile.obsolete_retention_seconds.is_not(None),
+                        models.OutputImage.obsolete_since
+                        < text("now() - make_interval(secs => upload_profiles.obsolete_retention_seconds)"),
+                    )
+                    .limit(1000)
                 )
-                .limit(1000)
             )
-        ).tuples().all()
+            .tuples()
+            .all()
+        )
     for output, location in rows:
         # The row goes first and its lock is held until the file is gone: a replan that brings this output
         # back (images.replan locks the rows it reads) waits, then plans a new row and a fresh render.
@@ -420,7 +454,9 @@ async def purge_obsolete(context: JobContext, timestamp: int) -> None:
 
 
 @jobs.app.periodic(cron="17 * * * *", periodic_id="forget_old_jobs")
-@jobs.app.task(name="picstore.tasks.forget_old_jobs", queue=jobs.QUEUE, pass_context=True, queueing_lock="forget")
+@jobs.app.task(
+    name="picstore.tasks.forget_old_jobs", queue=jobs.QUEUE, pass_context=True, queueing_lock="forget"
+)
 async def forget_old_jobs(context: JobContext, timestamp: int) -> None:
     """Keep procrastinate's job table bounded (reconcile alone adds a row every 15 s): drop finished jobs
     after a week. Failed ones stay for inspection; the image rows keep every failure's reason anyway."""
@@ -454,7 +490,10 @@ async def run_worker(settings: Settings, concurrency: int) -> None:
     RETRY.base_seconds = settings.job_retry_base_seconds
     engine = db.make_engine(settings.database_url, concurrency + 2)
     try:
-        async with stores.Stores(settings) as store_cache, jobs.open_app(settings, max_size=concurrency + 2) as app:
+        async with (
+            stores.Stores(settings) as store_cache,
+            jobs.open_app(settings, max_size=concurrency + 2) as app,
+        ):
             resources = Resources(settings, db.make_sessionmaker(engine), store_cache)
             await app.run_worker_async(
                 queues=[jobs.QUEUE, jobs.WEBHOOK_QUEUE],

@@ -64,7 +64,9 @@ async def role_out(session: AsyncSession, role: models.Role) -> schemas.RoleOut:
         .order_by(models.RolePermission.permission)
     )
     return schemas.RoleOut(
-        id=ids.format_id(ids.ROLE, role.id), name=role.name, permissions=[_grant_out(p, pid) for p, pid in rows]
+        id=ids.format_id(ids.ROLE, role.id),
+        name=role.name,
+        permissions=[_grant_out(p, pid) for p, pid in rows],
     )
 
 
@@ -106,7 +108,10 @@ async def _set_role_grants(
     await session.execute(delete(models.RolePermission).where(models.RolePermission.role_id == role.id))
     session.add_all(
         models.RolePermission(
-            role_id=role.id, team_id=caller.team_id, permission=g.permission, project_id=g.project_id or NIL_UUID
+            role_id=role.id,
+            team_id=caller.team_id,
+            permission=g.permission,
+            project_id=g.project_id or NIL_UUID,
         )
         for g in parsed
     )
@@ -141,7 +146,9 @@ async def delete_role(session: AsyncSession, caller: Caller, role_id: uuid.UUID)
 
 async def user_out(session: AsyncSession, user: models.User) -> schemas.UserOut:
     role_ids = await session.scalars(
-        select(models.UserRole.role_id).where(models.UserRole.user_id == user.id).order_by(models.UserRole.role_id)
+        select(models.UserRole.role_id)
+        .where(models.UserRole.user_id == user.id)
+        .order_by(models.UserRole.role_id)
     )
     return schemas.UserOut(
         id=ids.format_id(ids.USER, user.id),
@@ -165,7 +172,9 @@ async def list_users(session: AsyncSession, caller: Caller) -> list[models.User]
 async def get_user(session: AsyncSession, caller: Caller, user_id: uuid.UUID) -> models.User:
     if user_id != caller.user_id:
         caller.require(TEAM_PERMISSION, None)
-    user = await session.scalar(select(models.User).where(models.User.id == user_id, db.live(models.User, caller)))
+    user = await session.scalar(
+        select(models.User).where(models.User.id == user_id, db.live(models.User, caller))
+    )
     if user is None:
         raise errors.NotFound("user")
     return user
@@ -182,7 +191,9 @@ async def _upload_profile_ref(session: AsyncSession, caller: Caller, text: str |
         return None
     profile_id = db.parse_ref(ids.UPLOAD_PROFILE, text, "default_upload_profile_id")
     found = await session.scalar(
-        select(func.count()).where(models.UploadProfile.id == profile_id, db.live(models.UploadProfile, caller))
+        select(func.count()).where(
+            models.UploadProfile.id == profile_id, db.live(models.UploadProfile, caller)
+        )
     )
     if not found:
         raise errors.Invalid(f"default_upload_profile_id: {text!r} does not exist in this team")
@@ -223,7 +234,9 @@ async def update_user(
     if data.password is not None:
         user.password_hash = await _password_hash(data.password)
     if data.default_upload_profile_id is not None:
-        user.default_upload_profile_id = await _upload_profile_ref(session, caller, data.default_upload_profile_id)
+        user.default_upload_profile_id = await _upload_profile_ref(
+            session, caller, data.default_upload_profile_id
+        )
     await session.flush()
     await session.refresh(user)
     return user
@@ -239,7 +252,9 @@ async def delete_user(session: AsyncSession, caller: Caller, user_id: uuid.UUID)
     await session.flush()
 
 
-async def _set_user_roles(session: AsyncSession, caller: Caller, user: models.User, role_texts: list[str]) -> None:
+async def _set_user_roles(
+    session: AsyncSession, caller: Caller, user: models.User, role_texts: list[str]
+) -> None:
     role_ids = list(dict.fromkeys(db.parse_ref(ids.ROLE, r, "role_ids") for r in role_texts))
     for role_id in role_ids:
         role = await session.scalar(
@@ -319,7 +334,9 @@ async def insert_key(
     session.add(row)
     await session.flush()
     session.add_all(
-        models.ApiKeyPermission(api_key_id=row.id, permission=g.permission, project_id=g.project_id or NIL_UUID)
+        models.ApiKeyPermission(
+            api_key_id=row.id, permission=g.permission, project_id=g.project_id or NIL_UUID
+        )
         for g in grants or []
     )
     await session.flush()
@@ -327,7 +344,9 @@ async def insert_key(
     return row
 
 
-async def create_key(session: AsyncSession, caller: Caller, data: schemas.ApiKeyIn) -> tuple[str, models.ApiKey]:
+async def create_key(
+    session: AsyncSession, caller: Caller, data: schemas.ApiKeyIn
+) -> tuple[str, models.ApiKey]:
     user_id = caller.user_id
     if data.user_id is not None:
         user_id = db.parse_ref(ids.USER, data.user_id, "user_id")
@@ -339,7 +358,9 @@ async def create_key(session: AsyncSession, caller: Caller, data: schemas.ApiKey
     if data.expires is not None and data.expires <= datetime.now(UTC):
         raise errors.Invalid("expires: must be in the future")
     if data.inherits_user_permissions and data.permissions:
-        raise errors.Invalid("permissions: only keys that do not inherit their user's permissions carry their own")
+        raise errors.Invalid(
+            "permissions: only keys that do not inherit their user's permissions carry their own"
+        )
     if data.inherits_user_permissions:
         # Such a key holds all of its user's grants: a restricted key must not mint one for itself.
         _require_covers(caller, await auth.user_grants(session, user_id, caller.team_id))

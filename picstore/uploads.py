@@ -48,7 +48,9 @@ async def spool(chunks: AsyncIterator[bytes], max_bytes: int) -> tuple[str, int,
             async for chunk in chunks:
                 size += len(chunk)
                 if size > max_bytes:
-                    raise errors.PayloadTooLarge(f"the body is larger than this upload profile's limit of {max_bytes} bytes")
+                    raise errors.PayloadTooLarge(
+                        f"the body is larger than this upload profile's limit of {max_bytes} bytes"
+                    )
                 digest.update(chunk)
                 out.write(chunk)
     except BaseException:

@@ -136,8 +136,11 @@ async def list_webhooks(session: AsyncSession, caller: Caller, project_id: uuid.
     await _permitted(session, caller, project_id, "project:read")
     query = (
         select(models.Webhook)
-        .where(models.Webhook.team_id == caller.team_id, models.Webhook.project_id == project_id,
-               models.Webhook.deleted.is_(None))
+        .where(
+            models.Webhook.team_id == caller.team_id,
+            models.Webhook.project_id == project_id,
+            models.Webhook.deleted.is_(None),
+        )
         .order_by(models.Webhook.id)
     )
     return list((await session.scalars(query)).all())
@@ -157,8 +160,13 @@ async def create_webhook(
     await _permitted(session, caller, project_id, "project:write")
     secret = data.secret or new_secret()
     hook = models.Webhook(
-        id=ids.new_uuid(), team_id=caller.team_id, project_id=project_id, url=check_url(data.url),
-        secret_sealed=sealing.seal(server_key, secret), events=sorted(set(data.events)), active=data.active,
+        id=ids.new_uuid(),
+        team_id=caller.team_id,
+        project_id=project_id,
+        url=check_url(data.url),
+        secret_sealed=sealing.seal(server_key, secret),
+        events=sorted(set(data.events)),
+        active=data.active,
     )
     session.add(hook)
     await session.flush()
@@ -167,8 +175,12 @@ async def create_webhook(
 
 
 async def update_webhook(
-    session: AsyncSession, caller: Caller, project_id: uuid.UUID, webhook_id: uuid.UUID,
-    data: schemas.WebhookIn, server_key: str,
+    session: AsyncSession,
+    caller: Caller,
+    project_id: uuid.UUID,
+    webhook_id: uuid.UUID,
+    data: schemas.WebhookIn,
+    server_key: str,
 ) -> models.Webhook:
     await _permitted(session, caller, project_id, "project:write")
     hook = await _one(session, caller, project_id, webhook_id)
@@ -247,10 +259,18 @@ async def announce(session: AsyncSession, image: models.BaseImage) -> list[uuid.
         delivery_id = ids.new_uuid()
         public_id = ids.format_id(ids.WEBHOOK_DELIVERY, delivery_id)
         payload = {"id": public_id, "type": event, "created": created, **snapshot}
-        rows.append(models.WebhookDelivery(
-            id=delivery_id, team_id=image.team_id, webhook_id=hook_id, image_id=image.id, event=event,
-            payload=payload, status="pending", attempts=0,
-        ))
+        rows.append(
+            models.WebhookDelivery(
+                id=delivery_id,
+                team_id=image.team_id,
+                webhook_id=hook_id,
+                image_id=image.id,
+                event=event,
+                payload=payload,
+                status="pending",
+                attempts=0,
+            )
+        )
     session.add_all(rows)
     await session.flush()
     return [row.id for row in rows]

@@ -191,12 +191,19 @@ class Tenant:
                 for permission, project in grants:
                     session.add(
                         models.RolePermission(
-                            role_id=role.id, team_id=self.team_id, permission=permission,
+                            role_id=role.id,
+                            team_id=self.team_id,
+                            permission=permission,
                             project_id=project or NIL_UUID,
                         )
                     )
             await team.insert_key(
-                session, key, self.team_id, user.id, expires=expires, inherits=inherits,
+                session,
+                key,
+                self.team_id,
+                user.id,
+                expires=expires,
+                inherits=inherits,
                 grants=[] if inherits else [Grant(p, proj) for p, proj in grants],
             )
         return key
@@ -259,8 +266,11 @@ TEST_PROFILE = {
 
 
 async def make_pipeline(
-    client: httpx.AsyncClient, tenant: Tenant, profile: dict[str, Any] | None = None,
-    files_url: str = "http://picstore.test/files", **limits: Any
+    client: httpx.AsyncClient,
+    tenant: Tenant,
+    profile: dict[str, Any] | None = None,
+    files_url: str = "http://picstore.test/files",
+    **limits: Any,
 ) -> dict[str, Any]:
     """Local storage + conversion profile + upload profile for the tenant's project, through the API.
 
@@ -269,29 +279,45 @@ async def make_pipeline(
     name = uuid.uuid4().hex[:8]
     r = await client.post(
         f"/api/projects/{p}/storage_locations",
-        json={"name": "local", "provider": {"type": "local"}, "base_location": f"t-{name}",
-              "public_url_base": f"{files_url}/t-{name}"},
+        json={
+            "name": "local",
+            "provider": {"type": "local"},
+            "base_location": f"t-{name}",
+            "public_url_base": f"{files_url}/t-{name}",
+        },
         headers=h,
     )
     assert r.status_code == 201, r.text
     storage_id = r.json()["id"]
     r = await client.post(
-        f"/api/projects/{p}/conversion_profiles", json={"name": "test", "output": profile or TEST_PROFILE}, headers=h
+        f"/api/projects/{p}/conversion_profiles",
+        json={"name": "test", "output": profile or TEST_PROFILE},
+        headers=h,
     )
     assert r.status_code == 201, r.text
     body = {
-        "name": "test", "short_id": f"s{name}", "base_storage_location_id": storage_id,
-        "output_storage_location_id": storage_id, "conversion_profile_id": r.json()["id"],
-        "base_storage_location_path": "orig", "output_storage_location_path": "out",
+        "name": "test",
+        "short_id": f"s{name}",
+        "base_storage_location_id": storage_id,
+        "output_storage_location_id": storage_id,
+        "conversion_profile_id": r.json()["id"],
+        "base_storage_location_path": "orig",
+        "output_storage_location_path": "out",
         **limits,
     }
     r = await client.post(f"/api/projects/{p}/upload_profiles", json=body, headers=h)
     assert r.status_code == 201, r.text
-    return {"storage_id": storage_id, "upload_profile": r.json()["id"], "short_id": body["short_id"],
-            "storage_dir": f"t-{name}"}
+    return {
+        "storage_id": storage_id,
+        "upload_profile": r.json()["id"],
+        "short_id": body["short_id"],
+        "storage_dir": f"t-{name}",
+    }
 
 
-async def wait_settled(client: httpx.AsyncClient, tenant: Tenant, image_id: str, timeout: float = 60) -> dict[str, Any]:
+async def wait_settled(
+    client: httpx.AsyncClient, tenant: Tenant, image_id: str, timeout: float = 60
+) -> dict[str, Any]:
     deadline = asyncio.get_running_loop().time() + timeout
     while True:
         r = await client.get(f"/api/images/{image_id}", headers=tenant.headers())

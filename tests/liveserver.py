@@ -53,7 +53,9 @@ def running_api(env: dict[str, str], log: Path | None = None) -> Iterator[str]:
     proc = subprocess.Popen(
         [sys.executable, "-m", "picstore", "serve"],
         env={**env, "PICSTORE_HOST": "127.0.0.1", "PICSTORE_PORT": str(port), "PICSTORE_PUBLIC_URL": url},
-        cwd=ROOT, stdout=output, stderr=output,
+        cwd=ROOT,
+        stdout=output,
+        stderr=output,
     )
     if output is not None:
         output.close()  # the child has its own copy

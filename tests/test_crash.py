@@ -40,12 +40,19 @@ CRASH_PROFILE = {
     "sizes": [{"width": 150}, {"width": 300}, {"width": 450}],
 }
 CRASH_FILES = [
-    "Landscape_1.jpg", "Landscape_6.jpg", "Landscape_8.jpg", "Portrait_6.jpg",
-    "Channel_digital_image_CMYK_color.jpg", "Flag_of_the_Netherlands-16bit.png", "flowers.jpeg",
+    "Landscape_1.jpg",
+    "Landscape_6.jpg",
+    "Landscape_8.jpg",
+    "Portrait_6.jpg",
+    "Channel_digital_image_CMYK_color.jpg",
+    "Flag_of_the_Netherlands-16bit.png",
+    "flowers.jpeg",
     "2569067123_aca715a2ee_o.jpg",
 ]
 QUICK_PROFILE = {
-    "type": "cross", "formats": [{"format": "webp", "quality": 70, "effort": 0}], "sizes": [{"width": 32}]
+    "type": "cross",
+    "formats": [{"format": "webp", "quality": 70, "effort": 0}],
+    "sizes": [{"width": 32}],
 }
 # A killed worker's jobs wait STALLED_AFTER_SECONDS (30 s) for its heartbeat to age, then up to one
 # reconcile period (15 s, tasks.RECONCILE_CRON); conversions come on top, slow on a loaded machine.
@@ -127,7 +134,10 @@ class Workers:
         with (self.logs / f"worker-{len(self.procs)}.log").open("wb") as log:
             proc = subprocess.Popen(
                 [sys.executable, "-m", "picstore", "worker", "--concurrency", "2"],
-                env=self.env, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT,
+                env=self.env,
+                cwd=ROOT,
+                stdout=log,
+                stderr=subprocess.STDOUT,
             )
         self.procs.append(proc)
         return proc
@@ -168,7 +178,9 @@ async def quick_upload(
 ) -> httpx.Response:
     return await client.post(
         f"/api/projects/{tenant.project}/quick_upload",
-        params={"upload_profile": short_id, "filename": filename}, content=data, headers=tenant.headers(),
+        params={"upload_profile": short_id, "filename": filename},
+        content=data,
+        headers=tenant.headers(),
     )
 
 
@@ -202,14 +214,18 @@ async def check_outputs_once(
     sizes: nothing lost, nothing written twice under another name, no temp file left behind."""
     async with sessions() as session:
         rows = (
-            await session.execute(
-                text(
-                    "SELECT o.base_image_id, o.location, o.status, o.file_size FROM output_images o "
-                    "JOIN base_images b ON b.id = o.base_image_id WHERE b.team_id = :t"
-                ),
-                {"t": tenant.team_id},
+            (
+                await session.execute(
+                    text(
+                        "SELECT o.base_image_id, o.location, o.status, o.file_size FROM output_images o "
+                        "JOIN base_images b ON b.id = o.base_image_id WHERE b.team_id = :t"
+                    ),
+                    {"t": tenant.team_id},
+                )
             )
-        ).tuples().all()
+            .tuples()
+            .all()
+        )
         images = await session.scalar(
             text("SELECT count(*) FROM base_images WHERE team_id = :t"), {"t": tenant.team_id}
         )
@@ -260,8 +276,10 @@ async def job_counts(sessions: async_sessionmaker[AsyncSession]) -> dict[str, in
 
 
 async def test_sigkilled_worker_loses_and_duplicates_nothing(
-    crash_client: httpx.AsyncClient, crash_sessions: async_sessionmaker[AsyncSession],
-    crash_settings: Settings, workers: Workers,
+    crash_client: httpx.AsyncClient,
+    crash_sessions: async_sessionmaker[AsyncSession],
+    crash_settings: Settings,
+    workers: Workers,
 ) -> None:
     tenant = await make_tenant(crash_sessions, "crash")
     pipe = await make_pipeline(crash_client, tenant, CRASH_PROFILE)
@@ -342,8 +360,10 @@ def tiny_png(index: int) -> bytes:
 
 
 async def test_fifty_concurrent_quick_uploads(
-    crash_client: httpx.AsyncClient, crash_sessions: async_sessionmaker[AsyncSession],
-    crash_settings: Settings, workers: Workers,
+    crash_client: httpx.AsyncClient,
+    crash_sessions: async_sessionmaker[AsyncSession],
+    crash_settings: Settings,
+    workers: Workers,
 ) -> None:
     tenant = await make_tenant(crash_sessions, "fifty")
     pipe = await make_pipeline(crash_client, tenant, QUICK_PROFILE)
@@ -365,8 +385,10 @@ async def test_fifty_concurrent_quick_uploads(
 
 
 async def test_concurrent_identical_quick_uploads_make_one_image(
-    crash_client: httpx.AsyncClient, crash_sessions: async_sessionmaker[AsyncSession],
-    crash_settings: Settings, workers: Workers,
+    crash_client: httpx.AsyncClient,
+    crash_sessions: async_sessionmaker[AsyncSession],
+    crash_settings: Settings,
+    workers: Workers,
 ) -> None:
     tenant = await make_tenant(crash_sessions, "same")
     pipe = await make_pipeline(crash_client, tenant, QUICK_PROFILE)

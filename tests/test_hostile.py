@@ -102,7 +102,8 @@ async def quick(
     return await client.post(
         f"/api/projects/{tenant.project}/quick_upload",
         params={"upload_profile": short_id, "filename": "hostile.bin", **params},
-        content=body, headers=tenant.headers(),
+        content=body,
+        headers=tenant.headers(),
     )
 
 
@@ -126,7 +127,8 @@ async def wait_all_settled(client: httpx.AsyncClient, tenant: Tenant, timeout: f
     deadline = time.monotonic() + timeout
     while True:
         pending = [
-            i for status in ("queued", "converting")
+            i
+            for status in ("queued", "converting")
             for i in (await all_images(client, tenant, status=status))
         ]
         if not pending:
@@ -194,7 +196,8 @@ async def test_mutated_corpus_is_refused_or_settles_and_the_worker_survives(clie
 async def test_two_step_upload_refuses_hostile_bodies_and_stays_usable(client, tenant):
     pipe = await make_pipeline(client, tenant, HOSTILE_PROFILE)
     r = await client.post(
-        "/api/images", json={"filename": "x.jpg", "upload_profile_id": pipe["upload_profile"]},
+        "/api/images",
+        json={"filename": "x.jpg", "upload_profile_id": pipe["upload_profile"]},
         headers=tenant.headers(),
     )
     assert r.status_code == 201, r.text
@@ -307,14 +310,28 @@ async def test_lying_content_length_on_a_real_socket(client, tenant, live):
 # ------------------------------------------------------------------------------ absurd query values
 
 ABSURD_LIST = [
-    {"limit": "-1"}, {"limit": "1e309"}, {"limit": "99999999999999999999"}, {"limit": "NaN"},
-    {"after": "\x00"}, {"after": "bim\x00"}, {"status": "<script>alert(1)</script>"},
-    {"upload_profile": "../../etc"}, {"status": "ready\x00"}, {"limit": ""},
+    {"limit": "-1"},
+    {"limit": "1e309"},
+    {"limit": "99999999999999999999"},
+    {"limit": "NaN"},
+    {"after": "\x00"},
+    {"after": "bim\x00"},
+    {"status": "<script>alert(1)</script>"},
+    {"upload_profile": "../../etc"},
+    {"status": "ready\x00"},
+    {"limit": ""},
 ]
 ABSURD_UPLOAD = [
-    {"upload_profile": "../../etc"}, {"upload_profile": "\x00"}, {"filename": "f" * 10_000},
-    {"dedupe": "maybe"}, {"dedupe": ""}, {"filename": "a\x00b.jpg"}, {"location": "a\x00b"},
-    {"alt_text": "\x00"}, {"alt_text": "x" * 10_000}, {"location": "l" * 10_000},
+    {"upload_profile": "../../etc"},
+    {"upload_profile": "\x00"},
+    {"filename": "f" * 10_000},
+    {"dedupe": "maybe"},
+    {"dedupe": ""},
+    {"filename": "a\x00b.jpg"},
+    {"location": "a\x00b"},
+    {"alt_text": "\x00"},
+    {"alt_text": "x" * 10_000},
+    {"location": "l" * 10_000},
 ]
 
 
@@ -386,14 +403,22 @@ HOSTILE_JSON: list[tuple[str, bytes]] = [
     ("nested 100", nested(100)),
     ("nested 10000", nested(10_000)),
     ("nested objects 5000", b'{"name": ' + b'{"a":' * 5000 + b"1" + b"}" * 5000 + b"}"),
-    ("array", b"[]"), ("null", b"null"), ("true", b"true"), ("number", b"1e309"), ("string", b'"x"'),
-    ("name int", b'{"name": 1}'), ("name list", b'{"name": ["x"]}'),
+    ("array", b"[]"),
+    ("null", b"null"),
+    ("true", b"true"),
+    ("number", b"1e309"),
+    ("string", b'"x"'),
+    ("name int", b'{"name": 1}'),
+    ("name list", b'{"name": ["x"]}'),
     ("name huge int", b'{"name": 1' + b"0" * 400 + b"}"),
-    ("name NUL", b'{"name": "a\\u0000b"}'), ("name lone surrogate", b'{"name": "\\udc00"}'),
+    ("name NUL", b'{"name": "a\\u0000b"}'),
+    ("name lone surrogate", b'{"name": "\\udc00"}'),
     ("name RTL", ('{"name": "' + "\u202e" * 300 + '"}').encode()),
     ("duplicate keys", b'{"name": "a", "name": {"x": 1}}'),
-    ("invalid utf-8", b'{"name": "\xc3\x28"}'), ("BOM", b'\xef\xbb\xbf{"name": "x"}'),
-    ("trailing garbage", b'{"name": "x"} xyz'), ("NaN", b'{"name": NaN}'),
+    ("invalid utf-8", b'{"name": "\xc3\x28"}'),
+    ("BOM", b'\xef\xbb\xbf{"name": "x"}'),
+    ("trailing garbage", b'{"name": "x"} xyz'),
+    ("NaN", b'{"name": NaN}'),
 ]
 
 
@@ -451,8 +476,18 @@ async def test_wrong_content_types(client, tenant, headers, content):
 
 @pytest.mark.parametrize(
     "authorization",
-    ["", "Bearer", "Bearer ", "Bearer ps1.", "Bearer ps1..", "Bearer ps1.\x7f.x", "Basic Zm9vOmJhcg==",
-     "Bearer " + "A" * 10_000, "Bearer ps1.prj0000.secret", "Bearer ps1.ak" + "z" * 30 + ".s"],
+    [
+        "",
+        "Bearer",
+        "Bearer ",
+        "Bearer ps1.",
+        "Bearer ps1..",
+        "Bearer ps1.\x7f.x",
+        "Basic Zm9vOmJhcg==",
+        "Bearer " + "A" * 10_000,
+        "Bearer ps1.prj0000.secret",
+        "Bearer ps1.ak" + "z" * 30 + ".s",
+    ],
     ids=lambda a: repr(a)[:30],
 )
 async def test_garbage_credentials_are_401(client, authorization):

@@ -22,9 +22,18 @@ def specs() -> list[OutputSpec]:
     """Nine outputs of mixed cost, in an order unlike the cost order render schedules them in."""
     return [
         OutputSpec(
-            key=f"{fmt}-{width}", format=fmt, width=width, height=width * 9 // 16, fit="contain",
-            crop="focal", focal_x=0.5, focal_y=0.5, quality=70, effort=0 if fmt == "avif" else 4,
-            lossless=False, animated=False,
+            key=f"{fmt}-{width}",
+            format=fmt,
+            width=width,
+            height=width * 9 // 16,
+            fit="contain",
+            crop="focal",
+            focal_x=0.5,
+            focal_y=0.5,
+            quality=70,
+            effort=0 if fmt == "avif" else 4,
+            lossless=False,
+            animated=False,
         )
         for width in (160, 640, 320)
         for fmt in ("jpg", "avif", "webp")

@@ -67,8 +67,10 @@ def seaweed(tmp_path: Path) -> Iterator[S3Server]:
 async def job_attempts(sessions: Any, image_id: str) -> list[tuple[str, int]]:
     async with sessions() as session:
         rows = await session.execute(
-            text("SELECT status::text, attempts FROM procrastinate_jobs WHERE task_name = :t "
-                 "AND args->>'image_id' = :i ORDER BY id"),
+            text(
+                "SELECT status::text, attempts FROM procrastinate_jobs WHERE task_name = :t "
+                "AND args->>'image_id' = :i ORDER BY id"
+            ),
             {"t": "picstore.tasks.convert_image", "i": str(uuid_of(image_id))},
         )
         return [(s, a) for s, a in rows.tuples().all()]
@@ -79,9 +81,11 @@ async def retry_waits(sessions: Any, image_id: str) -> list[float]:
     (procrastinate records both as events)."""
     async with sessions() as session:
         rows = await session.execute(
-            text("SELECT e.type::text, e.at FROM procrastinate_events e "
-                 "JOIN procrastinate_jobs j ON j.id = e.job_id "
-                 "WHERE j.task_name = :t AND j.args->>'image_id' = :i ORDER BY e.id"),
+            text(
+                "SELECT e.type::text, e.at FROM procrastinate_events e "
+                "JOIN procrastinate_jobs j ON j.id = e.job_id "
+                "WHERE j.task_name = :t AND j.args->>'image_id' = :i ORDER BY e.id"
+            ),
             {"t": "picstore.tasks.convert_image", "i": str(uuid_of(image_id))},
         )
         events = rows.tuples().all()
@@ -149,8 +153,10 @@ async def test_storage_outage_retries_with_backoff_then_fails_and_reconvert_reco
     for image_id in image_ids:
         image = (await crash_client.get(f"/api/images/{image_id}", headers=tenant.headers())).json()
         assert image["error"] is None and {o["status"] for o in image["output"]} == {"ready"}, image
-    print(f"\nstorage down: {len(image_ids)} images failed after {failed_after:.1f} s "
-          f"({tasks.RETRIES} retries, {backoff:.1f} s of backoff); all ready after reconvert")
+    print(
+        f"\nstorage down: {len(image_ids)} images failed after {failed_after:.1f} s "
+        f"({tasks.RETRIES} retries, {backoff:.1f} s of backoff); all ready after reconvert"
+    )
 
 
 # ------------------------------------------------------------------------------- PostgreSQL restart
@@ -203,8 +209,10 @@ class PrivatePostgres:
         assert result.returncode == 0, f"{tool} {args}: {result.stdout}\n{result.stderr}"
 
     def start(self) -> None:
-        options = (f"-p {self.port} -k {self.base} -c listen_addresses=127.0.0.1 -c fsync=off "
-                   "-c synchronous_commit=off -c full_page_writes=off")
+        options = (
+            f"-p {self.port} -k {self.base} -c listen_addresses=127.0.0.1 -c fsync=off "
+            "-c synchronous_commit=off -c full_page_writes=off"
+        )
         self._run("pg_ctl", "-D", str(self.data), "-o", options, "-l", str(self.base / "log"), "-w", "start")
 
     def stop(self, mode: str = "fast") -> None:
@@ -264,9 +272,11 @@ async def test_postgres_restart_under_a_serving_api(private_pg, env, tmp_path):
             assert r.status_code == 201, r.text
             project = r.json()
             pipe = await make_pipeline(api, tenant, files_url=f"{base}/files")
-            r = await api.post(f"/api/projects/{tenant.project}/quick_upload",
-                               params={"upload_profile": pipe["short_id"], "filename": "a.jpg"},
-                               content=(CORPUS / "Landscape_1.jpg").read_bytes())
+            r = await api.post(
+                f"/api/projects/{tenant.project}/quick_upload",
+                params={"upload_profile": pipe["short_id"], "filename": "a.jpg"},
+                content=(CORPUS / "Landscape_1.jpg").read_bytes(),
+            )
             assert r.status_code == 201, r.text
             image = r.json()
             # Fill the pool with connections that the restart will break.
@@ -278,9 +288,11 @@ async def test_postgres_restart_under_a_serving_api(private_pg, env, tmp_path):
                 "get image": api.get(f"/api/images/{image['id']}"),
                 "create project": api.post("/api/projects", json={"name": "during"}),
                 "list images": api.get(f"/api/projects/{tenant.project}/images"),
-                "quick_upload": api.post(f"/api/projects/{tenant.project}/quick_upload",
-                                         params={"upload_profile": pipe["short_id"], "filename": "b.jpg"},
-                                         content=(CORPUS / "with-alpha.png").read_bytes()),
+                "quick_upload": api.post(
+                    f"/api/projects/{tenant.project}/quick_upload",
+                    params={"upload_profile": pipe["short_id"], "filename": "b.jpg"},
+                    content=(CORPUS / "with-alpha.png").read_bytes(),
+                ),
             }
             answers = {name: await timed(call) for name, call in during.items()}
             for name, (r, seconds) in answers.items():
@@ -305,9 +317,11 @@ async def test_postgres_restart_under_a_serving_api(private_pg, env, tmp_path):
             assert r.status_code == 200 and r.json()["hash"] == image["hash"], r.text
             r = await api.post(f"/api/images/{image['id']}/reconvert")
             assert r.status_code == 200, r.text
-            r = await api.post(f"/api/projects/{tenant.project}/quick_upload",
-                               params={"upload_profile": pipe["short_id"], "filename": "c.jpg"},
-                               content=(CORPUS / "with-alpha.png").read_bytes())
+            r = await api.post(
+                f"/api/projects/{tenant.project}/quick_upload",
+                params={"upload_profile": pipe["short_id"], "filename": "c.jpg"},
+                content=(CORPUS / "with-alpha.png").read_bytes(),
+            )
             assert r.status_code == 201, r.text
             assert (await api.get("/api/health")).json()["database"] is True
 
@@ -333,9 +347,11 @@ async def test_postgres_restart_under_a_serving_api(private_pg, env, tmp_path):
                 await asyncio.sleep(0.2)
     errors = [line for line in log.read_text().splitlines() if "unhandled" in line or "Traceback" in line]
     assert not errors, "\n".join(errors[:5])
-    print(f"\nPostgreSQL restarted: every request during the outage got 503 within "
-          f"{max(s for _, s in answers.values()):.2f} s; recovered {recovered_s:.1f} s after the restart; "
-          f"frozen: 503 within {max(s for _, s in stalled):.1f} s")
+    print(
+        f"\nPostgreSQL restarted: every request during the outage got 503 within "
+        f"{max(s for _, s in answers.values()):.2f} s; recovered {recovered_s:.1f} s after the restart; "
+        f"frozen: 503 within {max(s for _, s in stalled):.1f} s"
+    )
 
 
 # ------------------------------------------------------------------------------------------- load
@@ -367,10 +383,14 @@ async def test_200_concurrent_uploads_from_4_tenants(crash_client, crash_session
     workers.start()
     bodies = [tiny_png(i) for i in range(TENANTS * PER_TENANT)]
     started = time.monotonic()
-    responses = await asyncio.gather(*(
-        quick_upload(crash_client, tenants[i % TENANTS], pipes[i % TENANTS]["short_id"], body, f"p{i}.png")
-        for i, body in enumerate(bodies)
-    ))
+    responses = await asyncio.gather(
+        *(
+            quick_upload(
+                crash_client, tenants[i % TENANTS], pipes[i % TENANTS]["short_id"], body, f"p{i}.png"
+            )
+            for i, body in enumerate(bodies)
+        )
+    )
     uploaded_s = time.monotonic() - started
     refused = [r.text for r in responses if r.status_code != 201]
     assert not refused, refused[:3]
@@ -403,16 +423,21 @@ async def test_200_concurrent_uploads_from_4_tenants(crash_client, crash_session
         async with gate:
             return await probe(reader, image)
 
-    codes = await asyncio.gather(*(
-        gated(reader, image)
-        for r_n, reader in enumerate(tenants) for o_n in range(TENANTS) if o_n != r_n for image in images[o_n]
-    ))
+    codes = await asyncio.gather(
+        *(
+            gated(reader, image)
+            for r_n, reader in enumerate(tenants)
+            for o_n in range(TENANTS)
+            if o_n != r_n
+            for image in images[o_n]
+        )
+    )
     assert len(codes) == TENANTS * (TENANTS - 1) * PER_TENANT
     assert {c for pair in codes for c in pair} == {404}
-    print(f"\n{len(bodies)} concurrent uploads from {TENANTS} tenants: accepted in {uploaded_s:.1f} s, "
-          f"all ready after {ready_s:.1f} s; {2 * len(codes)} cross-tenant reads, all 404")
-
-
+    print(
+        f"\n{len(bodies)} concurrent uploads from {TENANTS} tenants: accepted in {uploaded_s:.1f} s, "
+        f"all ready after {ready_s:.1f} s; {2 * len(codes)} cross-tenant reads, all 404"
+    )
 
 
 # ---------------------------------------------------------------------------------- killed workers
@@ -481,5 +506,7 @@ async def test_worker_sigkilled_repeatedly_during_a_run(
     assert len(originals_on_disk(storage_dir)) == KILL_IMAGES
     leftovers = [p for p in storage_dir.rglob("*") if p.is_file() and p.name.startswith(".")]
     assert not leftovers, f"temporary files left behind: {leftovers[:5]}"
-    print(f"\n{KILLS} SIGKILLs every {KILL_EVERY_S:.0f} s with {in_flight_at_kills} image(s) converting, "
-          f"{ready_at_last_kill}/{KILL_IMAGES} ready at the last kill; all ready after {total_s:.1f} s")
+    print(
+        f"\n{KILLS} SIGKILLs every {KILL_EVERY_S:.0f} s with {in_flight_at_kills} image(s) converting, "
+        f"{ready_at_last_kill}/{KILL_IMAGES} ready at the last kill; all ready after {total_s:.1f} s"
+    )

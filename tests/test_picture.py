@@ -8,8 +8,9 @@ ORIGINAL = picture.Original(url="https://cdn/o.jpg", format="jpg", width=1920, h
 
 
 def out(fmt: str, width: int, density: int = 1, label: str | None = None) -> picture.Output:
-    return picture.Output(fmt, f"https://cdn/{label or width}@{density}.{fmt}", width, width // 2, density,
-                          label or f"w{width}")
+    return picture.Output(
+        fmt, f"https://cdn/{label or width}@{density}.{fmt}", width, width // 2, density, label or f"w{width}"
+    )
 
 
 WIDTHS = [out(f, w) for f in ("jpg", "webp", "avif") for w in (960, 480, 1920)]
@@ -19,7 +20,10 @@ def test_sources_in_avif_webp_order_with_ascending_widths():
     pic = picture.build(ORIGINAL, WIDTHS)
     assert [s.type for s in pic.sources] == ["image/avif", "image/webp"]
     assert [c.width for c in pic.sources[0].candidates] == [480, 960, 1920]
-    assert pic.sources[0].srcset == "https://cdn/480@1.avif 480w, https://cdn/960@1.avif 960w, https://cdn/1920@1.avif 1920w"
+    assert (
+        pic.sources[0].srcset
+        == "https://cdn/480@1.avif 480w, https://cdn/960@1.avif 960w, https://cdn/1920@1.avif 1920w"
+    )
     assert pic.img.format == "jpg" and pic.img.src == "https://cdn/960@1.jpg"
     assert (pic.img.width, pic.img.height) == (1920, 1080)
     assert pic.sources[0].sizes == "(max-width: 1920px) 100vw, 1920px"
@@ -31,10 +35,10 @@ def test_caller_sizes_and_class():
 
 
 @pytest.mark.parametrize(
-    "alt", ['"><script>alert(1)</script>', "it's <b>bold</b> & \"quoted\"", "x onerror=alert(1)"]
+    "alt", ['"><script>alert(1)</script>', 'it\'s <b>bold</b> & "quoted"', "x onerror=alert(1)"]
 )
 def test_every_attribute_is_escaped(alt):
-    html = picture.render(picture.build(picture.Original("https://cdn/a\"b.jpg", "jpg", 10, 10, alt), []))
+    html = picture.render(picture.build(picture.Original('https://cdn/a"b.jpg', "jpg", 10, 10, alt), []))
     assert "<script>" not in html and "<b>" not in html
     assert html.count('"') % 2 == 0
     assert 'src="https://cdn/a&quot;b.jpg"' in html
@@ -69,7 +73,11 @@ def test_density_pairs_use_x_descriptors_and_the_slot_size():
 
 
 def test_placeholder_is_opt_in():
-    original = picture.Original("https://cdn/o.jpg", "jpg", 10, 10, "", "#aabbcc", "LEHV6nWB2yk8pyo0adR*.7kCMdnj")
+    original = picture.Original(
+        "https://cdn/o.jpg", "jpg", 10, 10, "", "#aabbcc", "LEHV6nWB2yk8pyo0adR*.7kCMdnj"
+    )
     assert picture.build(original, []).placeholder == {}
     html = picture.render(picture.build(original, [], placeholder=True))
-    assert 'style="background-color:#aabbcc"' in html and 'data-blurhash="LEHV6nWB2yk8pyo0adR*.7kCMdnj"' in html
+    assert (
+        'style="background-color:#aabbcc"' in html and 'data-blurhash="LEHV6nWB2yk8pyo0adR*.7kCMdnj"' in html
+    )

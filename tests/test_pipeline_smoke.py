@@ -7,7 +7,8 @@ async def test_quick_upload_to_ready(client, tenant, worker, storage_root):
     r = await client.post(
         f"/api/projects/{tenant.project}/quick_upload",
         params={"upload_profile": pipe["short_id"], "filename": "land.jpg", "alt_text": "a landscape"},
-        content=data, headers=tenant.headers(),
+        content=data,
+        headers=tenant.headers(),
     )
     assert r.status_code == 201, r.text
     image = r.json()
@@ -15,13 +16,20 @@ async def test_quick_upload_to_ready(client, tenant, worker, storage_root):
     done = await wait_settled(client, tenant, image["id"])
     assert done["status"] == "ready", done
     assert sorted((o["format"], o["width"]) for o in done["output"]) == [
-        ("avif", 64), ("avif", 160), ("jpg", 64), ("jpg", 160), ("webp", 64), ("webp", 160)
+        ("avif", 64),
+        ("avif", 160),
+        ("jpg", 64),
+        ("jpg", 160),
+        ("webp", 64),
+        ("webp", 160),
     ]
     for o in done["output"]:
         assert (storage_root / pipe["storage_dir"] / o["location"]).stat().st_size == o["file_size"] > 0
     again = await client.post(
-        f"/api/projects/{tenant.project}/quick_upload", params={"upload_profile": pipe["short_id"]},
-        content=data, headers=tenant.headers(),
+        f"/api/projects/{tenant.project}/quick_upload",
+        params={"upload_profile": pipe["short_id"]},
+        content=data,
+        headers=tenant.headers(),
     )
     assert again.status_code == 200 and again.json()["id"] == image["id"]
 
@@ -30,8 +38,13 @@ async def test_picture_tag(client, tenant, worker):
     pipe = await make_pipeline(client, tenant)
     r = await client.post(
         f"/api/projects/{tenant.project}/quick_upload",
-        params={"upload_profile": pipe["short_id"], "filename": "p.jpg", "alt_text": '"><script>alert(1)</script>'},
-        content=(CORPUS / "Landscape_1.jpg").read_bytes(), headers=tenant.headers(),
+        params={
+            "upload_profile": pipe["short_id"],
+            "filename": "p.jpg",
+            "alt_text": '"><script>alert(1)</script>',
+        },
+        content=(CORPUS / "Landscape_1.jpg").read_bytes(),
+        headers=tenant.headers(),
     )
     image_id = r.json()["id"]
     early = await client.get(f"/api/images/{image_id}/picture", headers=tenant.headers())
@@ -43,6 +56,10 @@ async def test_picture_tag(client, tenant, worker):
     assert "<script>" not in html and "&lt;script&gt;" in html
     assert html.index('type="image/avif"') < html.index('type="image/webp"')
     assert 'width="600" height="450"' in html and 'loading="lazy"' in html
-    data = (await client.get(f"/api/images/{image_id}/picture", params={"format": "json"}, headers=tenant.headers())).json()
+    data = (
+        await client.get(
+            f"/api/images/{image_id}/picture", params={"format": "json"}, headers=tenant.headers()
+        )
+    ).json()
     assert [c["width"] for c in data["sources"][0]["candidates"]] == [64, 160]
     assert data["img"]["format"] == "jpg"

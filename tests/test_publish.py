@@ -63,8 +63,14 @@ def client_env(url: str | None, key: str | None) -> dict[str, str]:
 
 async def start(*args: str, env: dict[str, str]) -> asyncio.subprocess.Process:
     return await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "picstore", *args, env=env, cwd=ROOT,
-        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+        sys.executable,
+        "-m",
+        "picstore",
+        *args,
+        env=env,
+        cwd=ROOT,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
     )
 
 
@@ -79,8 +85,9 @@ async def project_images(client: httpx.AsyncClient, tenant: Tenant) -> list[dict
     found: list[dict[str, Any]] = []
     params: dict[str, Any] = {"limit": 100}
     while True:
-        r = await client.get(f"/api/projects/{tenant.project}/images", params=params,
-                             headers=tenant.headers())
+        r = await client.get(
+            f"/api/projects/{tenant.project}/images", params=params, headers=tenant.headers()
+        )
         assert r.status_code == 200, r.text
         found += r.json()["images"]
         if (after := r.json()["next_after"]) is None:
@@ -168,8 +175,10 @@ async def test_image_by_hash_narrowed_to_a_project_and_upload_profile(client, te
     second = await make_pipeline(client, tenant, PROFILE)
     photo = CORPUS / "Landscape_1.jpg"
     r = await client.post(
-        f"/api/projects/{tenant.project}/quick_upload", params={"upload_profile": first["short_id"]},
-        content=photo.read_bytes(), headers=tenant.headers(),
+        f"/api/projects/{tenant.project}/quick_upload",
+        params={"upload_profile": first["short_id"]},
+        content=photo.read_bytes(),
+        headers=tenant.headers(),
     )
     assert r.status_code == 201, r.text
     by_hash = f"/api/image_by_hash/{sha256(photo)}"
@@ -186,9 +195,14 @@ async def test_image_by_hash_narrowed_to_a_project_and_upload_profile(client, te
 def make_folder(root: Path) -> dict[str, Path]:
     """Accepted files (one twice, under another name), two the server refuses, and files import ignores."""
     files = {
-        "a.jpg": "Landscape_1.jpg", "sub/b.jpg": "Landscape_6.jpg", "sub/deeper/c.png": "with-alpha.png",
-        "anim.gif": "animated-loop-3.gif", "copy-of-a.jpg": "Landscape_1.jpg", "circle.svg": "circle.svg",
-        "corrupt-header.jpg": "corrupt-header.jpg", ".hidden/d.jpg": "Portrait_6.jpg",
+        "a.jpg": "Landscape_1.jpg",
+        "sub/b.jpg": "Landscape_6.jpg",
+        "sub/deeper/c.png": "with-alpha.png",
+        "anim.gif": "animated-loop-3.gif",
+        "copy-of-a.jpg": "Landscape_1.jpg",
+        "circle.svg": "circle.svg",
+        "corrupt-header.jpg": "corrupt-header.jpg",
+        ".hidden/d.jpg": "Portrait_6.jpg",
     }
     for name, source in files.items():
         (root / name).parent.mkdir(parents=True, exist_ok=True)
@@ -233,14 +247,16 @@ def distinct_photos(folder: Path, count: int) -> list[Path]:
 
 
 @pytest.mark.parametrize("stop", [signal.SIGINT, signal.SIGKILL], ids=["ctrl-c", "killed"])
-async def test_import_stopped_part_way_continues_without_duplicates(client, tenant, worker, live_api,
-                                                                    tmp_path, stop):
+async def test_import_stopped_part_way_continues_without_duplicates(
+    client, tenant, worker, live_api, tmp_path, stop
+):
     pipe = await make_pipeline(client, tenant, PROFILE, files_url=f"{live_api}/files")
     env = client_env(live_api, tenant.admin_key)
     photos = distinct_photos(tmp_path / "photos", 30)
     # What a run killed between creating an image and sending its bytes leaves behind.
     r = await client.post(
-        "/api/images", json={"filename": "img-000.jpg", "upload_profile_id": pipe["upload_profile"]},
+        "/api/images",
+        json={"filename": "img-000.jpg", "upload_profile_id": pipe["upload_profile"]},
         headers=tenant.headers(),
     )
     assert r.status_code == 201, r.text
@@ -275,33 +291,60 @@ async def test_import_stopped_part_way_continues_without_duplicates(client, tena
 async def s3_pipeline(client: httpx.AsyncClient, tenant: Tenant, server: S3Server) -> str:
     """An upload profile keeping originals and outputs in the bucket; its short id."""
     h, p, name = tenant.headers(), tenant.project, uuid.uuid4().hex[:8]
-    r = await client.post(f"/api/projects/{p}/storage_locations", headers=h, json={
-        "name": "seaweedfs", "base_location": f"{BUCKET}/{name}",
-        "public_url_base": f"{server.endpoint}/{BUCKET}/{name}",
-        "provider": {"type": "s3", "endpoint": server.endpoint, "region": "us-east-1",
-                     "access_key_id": server.access_key, "secret_key": server.secret_key},
-    })
+    r = await client.post(
+        f"/api/projects/{p}/storage_locations",
+        headers=h,
+        json={
+            "name": "seaweedfs",
+            "base_location": f"{BUCKET}/{name}",
+            "public_url_base": f"{server.endpoint}/{BUCKET}/{name}",
+            "provider": {
+                "type": "s3",
+                "endpoint": server.endpoint,
+                "region": "us-east-1",
+                "access_key_id": server.access_key,
+                "secret_key": server.secret_key,
+            },
+        },
+    )
     assert r.status_code == 201, r.text
     location = r.json()["id"]
-    r = await client.post(f"/api/projects/{p}/conversion_profiles", headers=h,
-                          json={"name": "s3", "output": PROFILE})
+    r = await client.post(
+        f"/api/projects/{p}/conversion_profiles", headers=h, json={"name": "s3", "output": PROFILE}
+    )
     assert r.status_code == 201, r.text
-    r = await client.post(f"/api/projects/{p}/upload_profiles", headers=h, json={
-        "name": "s3", "short_id": f"s3{name}", "conversion_profile_id": r.json()["id"],
-        "base_storage_location_id": location, "output_storage_location_id": location,
-    })
+    r = await client.post(
+        f"/api/projects/{p}/upload_profiles",
+        headers=h,
+        json={
+            "name": "s3",
+            "short_id": f"s3{name}",
+            "conversion_profile_id": r.json()["id"],
+            "base_storage_location_id": location,
+            "output_storage_location_id": location,
+        },
+    )
     assert r.status_code == 201, r.text
     return f"s3{name}"
 
 
-async def test_publish_to_s3_uploads_through_the_presigned_url(client, tenant, worker, env, seaweedfs,
-                                                              tmp_path):
+async def test_publish_to_s3_uploads_through_the_presigned_url(
+    client, tenant, worker, env, seaweedfs, tmp_path
+):
     profile = await s3_pipeline(client, tenant, seaweedfs)
     photo = CORPUS / "Landscape_8.jpg"
     log = tmp_path / "api.log"
     with running_api(env, log) as url:
-        run = await picstore("publish", str(photo), "--project", tenant.project, "--upload-profile", profile,
-                             "--json", env=client_env(url, tenant.admin_key))
+        run = await picstore(
+            "publish",
+            str(photo),
+            "--project",
+            tenant.project,
+            "--upload-profile",
+            profile,
+            "--json",
+            env=client_env(url, tenant.admin_key),
+        )
     assert run.code == 0, run
     record = json.loads(run.stdout)
     assert record["status"] == "uploaded", record

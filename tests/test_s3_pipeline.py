@@ -75,8 +75,11 @@ def s3_location(server: S3Server, prefix: str, secret: str | None = None) -> dic
     return {
         "name": "seaweedfs",
         "provider": {
-            "type": "s3", "endpoint": server.endpoint, "region": "us-east-1",
-            "access_key_id": server.access_key, "secret_key": secret or server.secret_key,
+            "type": "s3",
+            "endpoint": server.endpoint,
+            "region": "us-east-1",
+            "access_key_id": server.access_key,
+            "secret_key": secret or server.secret_key,
         },
         "base_location": f"{BUCKET}/{prefix}",
         # Path-style public URL of the same prefix: anonymous reads go through the bucket policy.
@@ -105,9 +108,13 @@ async def s3_pipeline(api: httpx.AsyncClient, tenant: Tenant, server: S3Server) 
     r = await api.post(
         f"/api/projects/{p}/upload_profiles",
         json={
-            "name": "s3", "short_id": f"s3{name}", "conversion_profile_id": r.json()["id"],
-            "base_storage_location_id": location_id, "base_storage_location_path": "orig",
-            "output_storage_location_id": location_id, "output_storage_location_path": "out",
+            "name": "s3",
+            "short_id": f"s3{name}",
+            "conversion_profile_id": r.json()["id"],
+            "base_storage_location_id": location_id,
+            "base_storage_location_path": "orig",
+            "output_storage_location_id": location_id,
+            "output_storage_location_path": "out",
         },
         headers=h,
     )
@@ -117,7 +124,8 @@ async def s3_pipeline(api: httpx.AsyncClient, tenant: Tenant, server: S3Server) 
 
 async def new_image(api: httpx.AsyncClient, tenant: Tenant, pipe: dict[str, Any], filename: str) -> str:
     r = await api.post(
-        "/api/images", json={"upload_profile_id": pipe["upload_profile"], "filename": filename},
+        "/api/images",
+        json={"upload_profile_id": pipe["upload_profile"], "filename": filename},
         headers=tenant.headers(),
     )
     assert r.status_code == 201, r.text
@@ -133,13 +141,22 @@ async def get_image(api: httpx.AsyncClient, tenant: Tenant, image_id: str) -> di
 
 
 async def upload_url(
-    api: httpx.AsyncClient, tenant: Tenant, image_id: str, body: bytes, content_type: str,
-    sha256: str | None = None, **extra: Any,
+    api: httpx.AsyncClient,
+    tenant: Tenant,
+    image_id: str,
+    body: bytes,
+    content_type: str,
+    sha256: str | None = None,
+    **extra: Any,
 ) -> httpx.Response:
     return await api.post(
         f"/api/images/{image_id}/upload_url",
-        json={"content_length": len(body), "sha256": sha256 or hashlib.sha256(body).hexdigest(),
-              "content_type": content_type, **extra},
+        json={
+            "content_length": len(body),
+            "sha256": sha256 or hashlib.sha256(body).hexdigest(),
+            "content_type": content_type,
+            **extra,
+        },
         headers=tenant.headers(),
     )
 
@@ -195,7 +212,12 @@ async def test_direct_upload_to_s3_ends_ready_and_served(api, http, tenant, seaw
     assert r.json()["status"] == "queued"
     done = await wait_settled(api, tenant, image_id)
     assert sorted((o["format"], o["width"]) for o in done["output"]) == [
-        ("avif", 64), ("avif", 160), ("jpg", 64), ("jpg", 160), ("webp", 64), ("webp", 160)
+        ("avif", 64),
+        ("avif", 160),
+        ("jpg", 64),
+        ("jpg", 160),
+        ("webp", 64),
+        ("webp", 160),
     ]
     await assert_served(http, done)
     original = await http.get(done["url"])
@@ -221,7 +243,12 @@ async def test_presigned_upload_to_s3_ends_ready_and_served(api, http, tenant, s
     assert r.json()["status"] == "queued" and r.json()["hash"] == hashlib.sha256(data).hexdigest()
     done = await wait_settled(api, tenant, image_id)
     assert sorted((o["format"], o["width"]) for o in done["output"]) == [
-        ("avif", 64), ("avif", 160), ("png", 64), ("png", 160), ("webp", 64), ("webp", 160)
+        ("avif", 64),
+        ("avif", 160),
+        ("png", 64),
+        ("png", 160),
+        ("webp", 64),
+        ("webp", 160),
     ]
     await assert_served(http, done)
     original = await http.get(done["url"])
@@ -364,7 +391,9 @@ async def test_storage_location_test_reports_each_step(api, tenant, seaweedfs, r
     assert r.status_code == 200, r.text
     assert r.json()["ok"] is True
     assert [(s["step"], s["ok"], s["error"]) for s in r.json()["steps"]] == [
-        ("write", True, None), ("read", True, None), ("delete", True, None)
+        ("write", True, None),
+        ("read", True, None),
+        ("delete", True, None),
     ]
 
     bad = await create_location(api, tenant, s3_location(seaweedfs, "probe", secret=WRONG_SECRET))

@@ -51,7 +51,8 @@ async def world(sessions: Any, live_api: str) -> dict[str, Any]:
         r = await client.post(
             f"/api/projects/{p}/quick_upload",
             params={"upload_profile": pipe["short_id"], "filename": "a.jpg"},
-            content=(CORPUS / "Landscape_1.jpg").read_bytes(), headers=h,
+            content=(CORPUS / "Landscape_1.jpg").read_bytes(),
+            headers=h,
         )
         assert r.status_code == 201, r.text
         image = r.json()
@@ -66,11 +67,14 @@ async def world(sessions: Any, live_api: str) -> dict[str, Any]:
         "url": live_api,
         "key": tenant.admin_key,
         "ids": {
-            "project_id": p, "image_id": image["id"], "location_id": pipe["storage_id"],
+            "project_id": p,
+            "image_id": image["id"],
+            "location_id": pipe["storage_id"],
             "webhook_id": webhook_id,
         },
         "profile_ids": {
-            "upload_profiles": pipe["upload_profile"], "conversion_profiles": conversion_profile_id,
+            "upload_profiles": pipe["upload_profile"],
+            "conversion_profiles": conversion_profile_id,
         },
         "image_hash": image["hash"],
     }
@@ -82,8 +86,11 @@ def _document() -> dict[str, Any]:
     Loaded at import because schemathesis' fixture-based loader (`from_fixture`) does not work on pytest 9
     (it sets `node._nodeid`, which pytest 9 no longer has); test_the_served_document_is_this_one checks
     that the live server serves exactly this document."""
-    settings = Settings(database_url="postgresql+asyncpg://unused@127.0.0.1:1/unused", secret_key="unused",
-                        local_storage_roots=())
+    settings = Settings(
+        database_url="postgresql+asyncpg://unused@127.0.0.1:1/unused",
+        secret_key="unused",
+        local_storage_roots=(),
+    )
     return create_app(settings).openapi_schema.to_schema()
 
 
