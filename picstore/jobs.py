@@ -37,12 +37,11 @@ async def open_app(settings: Settings, max_size: int = 4) -> AsyncIterator[procr
 
 
 async def _defer(job_app: procrastinate.App, task: str, kind: str, image_id: uuid.UUID) -> None:
-    try:
+    # A job already waiting will read the image's current state when it runs.
+    with contextlib.suppress(AlreadyEnqueued):
         await job_app.configure_task(
             task, queue=QUEUE, lock=f"image:{image_id}", queueing_lock=f"{kind}:{image_id}"
         ).defer_async(image_id=str(image_id))
-    except AlreadyEnqueued:
-        pass  # a waiting job will read the image's current state when it runs
 
 
 async def defer_conversion(job_app: procrastinate.App, image_id: uuid.UUID) -> None:

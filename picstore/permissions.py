@@ -55,7 +55,7 @@ class Scope:
 
 def _grants_permission(grant: Grant, permission: str) -> bool:
     held = grant.permission
-    return held == permission or held == ADMIN or permission in IMPLIES.get(held, frozenset())
+    return held in (permission, ADMIN) or permission in IMPLIES.get(held, frozenset())
 
 
 def allows(grants: tuple[Grant, ...], permission: str, project_id: uuid.UUID | None) -> bool:

@@ -6,6 +6,7 @@ reads the header). Every refusal is decided before any row changes or any object
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import tempfile
@@ -33,10 +34,8 @@ class Spooled:
 
 
 def discard(path: str) -> None:
-    try:
+    with contextlib.suppress(FileNotFoundError):
         os.unlink(path)
-    except FileNotFoundError:
-        pass
 
 
 async def spool(chunks: AsyncIterator[bytes], max_bytes: int) -> tuple[str, int, str]:
