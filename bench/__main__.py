@@ -24,7 +24,9 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--only", default=",".join(SECTIONS), help=f"comma-separated subset of {', '.join(SECTIONS)}"
     )
-    parser.add_argument("--reps", type=int, default=3, help="repetitions per measurement (default 3)")
+    parser.add_argument(
+        "--reps", type=int, help="repetitions per measurement (default: 5 for conversions, 3 for the rest)"
+    )
     parser.add_argument("--load-seconds", type=float, default=10.0, help="length of each load-generator run")
     parser.add_argument("--output", type=Path, default=RESULTS, help="results file (JSON)")
     args = parser.parse_args(argv)

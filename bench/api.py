@@ -72,7 +72,7 @@ async def run(ctx: Context) -> list[Row]:
             for url, headers in targets.values():
                 await loadgen.run(url, headers, CONNECTIONS, WARM_UP_S)
             found: dict[str, list[loadgen.Load]] = {name: [] for name in targets}
-            for _ in range(ctx.reps):
+            for _ in range(ctx.repetitions(3)):
                 for name, (url, headers) in targets.items():
                     found[name].append(await loadgen.run(url, headers, CONNECTIONS, ctx.load_seconds))
                     await asyncio.sleep(1)  # let TIME_WAIT sockets and the server settle

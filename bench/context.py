@@ -12,8 +12,11 @@ from bench.stack import Stack
 class Context:
     server: str  # PostgreSQL maintenance database URL
     logs: Path
-    reps: int  # repetitions per measurement; the tables show medians
+    reps: int | None  # repetitions per measurement (None: each section's default); tables show medians
     load_seconds: float  # duration of each load-generator run
+
+    def repetitions(self, default: int) -> int:
+        return self.reps or default
 
     def stack(self, label: str) -> Stack:
         return Stack(self.server, self.logs, label)

@@ -81,7 +81,7 @@ async def run(ctx: Context) -> list[Row]:
                     planned = plans.planned(path)
                     pipeline: list[float] = []
                     limits: list[float] = []
-                    for rep in range(ctx.reps + 1):  # repetition 0 warms both sides up
+                    for rep in range(ctx.repetitions(5) + 1):  # repetition 0 warms both sides up
                         filename = f"r{rep}-{path.name}"
                         seconds, image = await client.convert_through_api(
                             http, tenant.project, tenant.upload_profile, path, filename

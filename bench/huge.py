@@ -60,7 +60,7 @@ async def refusal_times(stack: Stack, path: Path) -> list[float]:
 async def run(ctx: Context) -> list[Row]:
     async with ctx.stack("huge") as stack:
         api = await stack.start_api()
-        runs = [await convert_giant(stack, rep) for rep in range(ctx.reps)]
+        runs = [await convert_giant(stack, rep) for rep in range(ctx.repetitions(3))]
         before = status_kib(api.pid, "VmHWM") / 1024
         refusals = {
             path.name: await refusal_times(stack, path) for path in (inputs.GIANT_JPEG, inputs.BOMB_PNG)

@@ -119,7 +119,7 @@ async def batch(ctx: Context, workers: int, rep: int) -> dict[str, Any]:
 
 async def run(ctx: Context) -> list[Row]:
     results: dict[int, list[dict[str, Any]]] = {n: [] for n in WORKER_COUNTS}
-    for rep in range(ctx.reps):
+    for rep in range(ctx.repetitions(3)):
         for workers in WORKER_COUNTS:
             results[workers].append(await batch(ctx, workers, rep))
     single = median(r["rate"] for r in results[1])

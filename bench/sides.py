@@ -6,14 +6,14 @@
     python -m bench.sides calibrate  one JSON request: the Pillow settings matching picstore's bytes
 
 Timed runs report the conversion's wall time (imports and a tiny warm-up excluded) and the process's
-peak RSS (ru_maxrss), so each side's memory is its own.
+peak RSS: VmHWM, the high-water mark of this process's own address space. Not ru_maxrss: Linux carries
+that across fork and exec, so every child would report at least the benchmark process's own RSS.
 """
 
 from __future__ import annotations
 
 import json
 import os
-import resource
 import sys
 import time
 from collections.abc import Callable
@@ -53,7 +53,7 @@ def _timed(convert: Callable[[], dict[str, bytes]]) -> dict[str, Any]:
     seconds = time.perf_counter() - started
     return {
         "seconds": seconds,
-        "maxrss_kib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss,
+        "peak_kib": status_kib(os.getpid(), "VmHWM"),
         "rss_before_kib": baseline,
         "sizes": {key: len(data) for key, data in results.items()},
     }

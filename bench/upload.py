@@ -79,7 +79,7 @@ async def run(ctx: Context) -> list[Row]:
     async with ctx.stack("upload") as stack:
         api = await stack.start_api()
         idle_mib = status_kib(api.pid, "VmRSS") / 1024
-        for rep in range(ctx.reps):
+        for rep in range(ctx.repetitions(3)):
             uploads.append(await upload_batch(stack, data, rep))
             copies.append(await asyncio.to_thread(copy_batch, source, stack.storage / "baseline", rep))
         peak_mib = status_kib(api.pid, "VmHWM") / 1024
