@@ -21,9 +21,10 @@ from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from picstore import auth, errors, ids, models, paths, permissions, profiles, schemas
+from picstore import errors, ids, models, paths, permissions, profiles, schemas
 from picstore.models import NIL_UUID
 from picstore.settings import Settings
+from picstore.team import insert_key
 
 
 class BootstrapError(Exception):
@@ -384,19 +385,15 @@ class _Loader:
         assert team and user
         await self._same_team(models.User, "user", user, team, where)
         await self._same_team(models.UploadProfile, "upload profile", default, team, where)
-        parsed = auth.parse_key(o.key)
-        self.session.add(
-            models.ApiKey(
-                id=parsed.id,
-                team_id=team,
-                user_id=user,
-                name=o.name,
-                prefix=parsed.prefix,
-                digest=parsed.digest,
-                inherits_user_permissions=o.inherits_user_permissions,
-                expires=o.expires,
-                default_upload_profile_id=default,
-            )
+        await insert_key(
+            self.session,
+            o.key,
+            team,
+            user,
+            o.name,
+            o.expires,
+            o.inherits_user_permissions,
+            default_upload_profile_id=default,
         )
 
 
@@ -409,8 +406,8 @@ async def load(session: AsyncSession, settings: Settings, found: Mapping[str, li
         name = type(obj).__name__
         where = f"{name.removesuffix('Obj')}[{counters.get(name, 0)}]"
         counters[name] = counters.get(name, 0) + 1
-        await loader.add(obj, where)
         try:
+            await loader.add(obj, where)
             await session.flush()
         except IntegrityError as exc:
             raise BootstrapError(f"{where}: conflicts with existing data ({exc.orig})") from None
