@@ -14,24 +14,25 @@ from typing import Annotated, Any
 
 from litestar import MediaType, Request, Response, Router, delete, get, post, put
 from litestar.datastructures import State
-from litestar.params import FromPath, FromQuery, JSONBody, Parameter
+from litestar.params import FromPath, FromQuery, JSONBody, Parameter, QueryParameter
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from picstore import (
+    cache,
     conversion,
     errors,
     ids,
     images,
     jobs,
     models,
-    picture,
     projects,
     schemas,
     storage,
     uploads,
 )
 from picstore.api_admin import EMPTY, Db, Who, path_id
+from picstore.auth import Caller
 
 log = logging.getLogger("picstore.api")
 
@@ -281,10 +282,23 @@ async def _insert_quick(
     return Response(result, status_code=201)
 
 
+async def _read(state: State, caller: Caller, image_id: uuid.UUID) -> images.ImageRead:
+    """The image as the caller may see it: from the read cache, else read (and cached for the next caller).
+    The session is opened only on a miss, so the routes using this take no `db`."""
+    read_cache: cache.ReadCache = state.cache
+    found = read_cache.images.get(image_id)
+    if found is None:
+        generation = read_cache.generation
+        async with state.sessionmaker() as db, db.begin():
+            found = await images.read(db, await images.load(db, caller, image_id, "project:read"))
+        read_cache.images.put(image_id, found, generation)
+    found.require_readable(caller)
+    return found
+
+
 @get("/images/{image_id:str}")
-async def get_image(db: Db, caller: Who, image_id: FromPath[str]) -> schemas.ImageOut:
-    async with db.begin():
-        return await images.view(db, await images.load(db, caller, _image_id(image_id), "project:read"))
+async def get_image(caller: Who, state: State, image_id: FromPath[str]) -> schemas.ImageOut:
+    return (await _read(state, caller, _image_id(image_id))).view
 
 
 @get("/image_by_hash/{sha256:str}")
@@ -364,25 +378,22 @@ async def delete_image(db: Db, caller: Who, state: State, image_id: FromPath[str
 
 @get("/images/{image_id:str}/picture", media_type=MediaType.HTML)
 async def get_picture(
-    db: Db,
     caller: Who,
+    state: State,
     image_id: FromPath[str],
     format: FromQuery[Annotated[str, Parameter(pattern="^(html|json)$")]] = "html",
     sizes: FromQuery[Annotated[str | None, Parameter(max_length=1000)]] = None,
-    class_: Annotated[str | None, Parameter(query="class", max_length=200)] = None,
+    class_: Annotated[str | None, QueryParameter(name="class", max_length=200)] = None,
     slot: FromQuery[Annotated[str | None, Parameter(max_length=100)]] = None,
     fallback: FromQuery[Annotated[str | None, Parameter(pattern="^original$")]] = None,
     placeholder: FromQuery[bool] = False,
 ) -> Response[Any]:
     """A `<picture>` tag (or, with ?format=json, the same as data) from the ready outputs."""
-    async with db.begin():
-        original, outputs = await images.picture_inputs(
-            db, caller, _image_id(image_id), fallback == "original"
-        )
-    pic = picture.build(original, outputs, sizes=sizes, class_=class_, slot=slot, placeholder=placeholder)
+    found = await _read(state, caller, _image_id(image_id))
+    options = images.PictureOptions(fallback == "original", sizes, class_, slot, placeholder)
     if format == "json":
-        return Response(images.picture_out(pic), media_type=MediaType.JSON)
-    return Response(picture.render(pic), media_type=MediaType.HTML)
+        return Response(found.picture_json(options), media_type=MediaType.JSON)
+    return Response(found.picture_html(options), media_type=MediaType.HTML)
 
 
 router = Router(

@@ -2,16 +2,18 @@
 
 from __future__ import annotations
 
+import gc
 import logging
 import os
 from collections.abc import AsyncGenerator
 from contextlib import asynccontextmanager
+from datetime import UTC, datetime
 from typing import Any
 
 import anyio
 from litestar import Litestar, MediaType, Request, Response, Router, get
 from litestar.datastructures import CacheControlHeader, State
-from litestar.di import NamedDependency, Provide
+from litestar.di import Provide
 from litestar.exceptions import (
     HTTPException,
     InternalServerException,
@@ -38,6 +40,7 @@ from picstore import (
     api_images,
     api_webhooks,
     auth,
+    cache,
     db,
     errors,
     jobs,
@@ -191,10 +194,17 @@ async def provide_db(state: State) -> AsyncGenerator[AsyncSession, None]:
         yield session
 
 
-async def provide_caller(request: Request[Any, Any, Any], db: NamedDependency[AsyncSession]) -> auth.Caller:
-    token = auth.bearer_token(request.headers.get("authorization"))
-    async with db.begin():
-        return await auth.authenticate(db, token)
+async def provide_caller(request: Request[Any, Any, Any], state: State) -> auth.Caller:
+    """From the read cache, else authenticated in a session of its own: a cached read needs none."""
+    key = auth.parse_key(auth.bearer_token(request.headers.get("authorization")))
+    read_cache: cache.ReadCache = state.cache
+    caller = read_cache.callers.get(key.digest)
+    if caller is None or caller.expired(datetime.now(UTC)):
+        generation = read_cache.generation
+        async with state.sessionmaker() as session, session.begin():
+            caller = await auth.authenticate(session, key)
+        read_cache.callers.put(key.digest, caller, generation)
+    return caller
 
 
 @get("/health")
@@ -221,13 +231,28 @@ def _resources(settings: Settings) -> Any:
         app.state.engine = engine
         app.state.sessionmaker = db.make_sessionmaker(engine)
         app.state.settings = settings
-        async with stores.Stores(settings) as store_cache, jobs.open_app(settings) as job_app:
-            app.state.stores = store_cache
-            app.state.jobs = job_app
-            try:
-                yield
-            finally:
-                await engine.dispose()
+        app.state.cache = read_cache = cache.ReadCache(settings.read_cache_entries)
+        db.on_writes(engine, read_cache.clear)
+        try:
+            async with (
+                stores.Stores(settings) as store_cache,
+                jobs.open_app(settings) as job_app,
+                anyio.create_task_group() as background,
+            ):
+                app.state.stores = store_cache
+                app.state.jobs = job_app
+                if settings.read_cache_entries > 0:
+                    background.start_soon(db.follow, engine, cache.CHANNEL, read_cache)
+                # What start-up made lives as long as the process: keep it out of the collector's full
+                # passes, which would otherwise walk all of it while requests wait.
+                gc.freeze()
+                try:
+                    yield
+                finally:
+                    background.cancel_scope.cancel()
+        finally:
+            # Outside the cancelled task group, so closing the pool's connections is not cancelled too.
+            await engine.dispose()
 
     return lifespan
 

@@ -19,7 +19,7 @@ from argon2.exceptions import InvalidHashError, VerificationError
 from sqlalchemy import or_, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from picstore import errors, models, permissions
+from picstore import db, errors, models, permissions
 from picstore.models import NIL_UUID
 
 KEY_VERSION = "ps1"
@@ -42,6 +42,10 @@ class Caller:
     key_id: uuid.UUID
     grants: tuple[permissions.Grant, ...]
     default_upload_profile_id: uuid.UUID | None
+    expires: datetime | None = None
+
+    def expired(self, now: datetime) -> bool:
+        return self.expires is not None and self.expires <= now
 
     def allows(self, permission: str, project_id: uuid.UUID | None) -> bool:
         return permissions.allows(self.grants, permission, project_id)
@@ -122,9 +126,8 @@ async def load_grants(session: AsyncSession, key: models.ApiKey) -> tuple[permis
     return tuple(_grant(p, pid) for p, pid in (await session.execute(query)).all())
 
 
-async def authenticate(session: AsyncSession, token: str) -> Caller:
+async def authenticate(session: AsyncSession, parsed: ParsedKey) -> Caller:
     """One query for the live key, its live user and live team; same answer for unknown id and bad secret."""
-    parsed = parse_key(token)
     now = datetime.now(UTC)
     row = (
         await session.execute(
@@ -151,10 +154,12 @@ async def authenticate(session: AsyncSession, token: str) -> Caller:
         key_id=key.id,
         grants=await load_grants(session, key),
         default_upload_profile_id=key.default_upload_profile_id or user_default,
+        expires=key.expires,
     )
 
 
 async def _touch(session: AsyncSession, key: models.ApiKey, now: datetime) -> None:
     # Only write last_used once a minute, so reads stay reads.
     if key.last_used is None or now - key.last_used > LAST_USED_RESOLUTION:
-        await session.execute(update(models.ApiKey).where(models.ApiKey.id == key.id).values(last_used=now))
+        stamp = update(models.ApiKey).where(models.ApiKey.id == key.id).values(last_used=now)
+        await session.execute(stamp.execution_options(**{db.CACHE_NEUTRAL: True}))

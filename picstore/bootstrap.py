@@ -1,4 +1,4 @@
-"""Bootstrap: load teams, users, roles, projects, storage, profiles and API keys from JSON, in one transaction.
+"""Bootstrap: load teams, users, roles, projects, storage, profiles and API keys from JSON in one transaction.
 
 Pic Store's format: a folder of `*.json` files whose type is the second-to-last dot-separated part of
 the name (`team.json`, `x.upload_profiles.json`), each holding an object or an array of objects; or one

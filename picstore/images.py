@@ -8,7 +8,10 @@ reconcile task re-defers anything left queued.
 from __future__ import annotations
 
 import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from typing import Any
 
 from sqlalchemy import case, func, select, text
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -308,7 +311,7 @@ async def url_bases(session: AsyncSession, location_ids: set[uuid.UUID]) -> dict
             models.StorageLocation.id.in_(location_ids)
         )
     )
-    return dict(rows.tuples().all())
+    return {location_id: base for location_id, base in rows}
 
 
 async def list_images(
@@ -437,20 +440,74 @@ async def view(session: AsyncSession, image: models.BaseImage) -> schemas.ImageO
     return (await views(session, [image]))[0]
 
 
-async def picture_inputs(
-    session: AsyncSession, caller: Caller, image_id: uuid.UUID, allow_original: bool
-) -> tuple[picture.Original, list[picture.Output]]:
-    """What a `<picture>` is made of: only ready outputs. 409 while none is ready, unless the original will do."""
-    return await picture_parts(session, await load(session, caller, image_id, "project:read"), allow_original)
+@dataclass(frozen=True, slots=True)
+class PictureOptions:
+    """What a client may ask of `GET /images/{id}/picture`, besides the format."""
+
+    allow_original: bool = False
+    sizes: str | None = None
+    class_: str | None = None
+    slot: str | None = None
+    placeholder: bool = False
 
 
-async def picture_parts(
-    session: AsyncSession, image: models.BaseImage, allow_original: bool
-) -> tuple[picture.Original, list[picture.Output]]:
-    """picture_inputs for an image already loaded (and permitted, or read by the worker for a webhook event)."""
-    outputs = [o for o in await outputs_of(session, [image.id]) if o.status == "ready"]
-    if not outputs and not (allow_original and image.format is not None):
-        raise errors.Conflict(f"no outputs are ready yet; the image is {image.status}")
+# Pages embed an image in a few ways, not many: a read keeps the pictures of its first few option sets.
+PICTURES_PER_READ = 8
+
+
+@dataclass(frozen=True, slots=True)
+class ImageRead:
+    """What `GET /images/{id}` and its `/picture` answer from: one read, which the api caches (cache.py)
+    and so checks against each caller itself. Pictures made from it are kept with it."""
+
+    team_id: uuid.UUID
+    project_id: uuid.UUID
+    view: schemas.ImageOut
+    original: picture.Original
+    ready: tuple[picture.Output, ...]
+    _made: dict[tuple[str, PictureOptions], Any] = field(default_factory=dict, compare=False, repr=False)
+
+    def require_readable(self, caller: Caller) -> None:
+        """As load() would answer: another team's image is not found, a missing permission is named."""
+        if self.team_id != caller.team_id:
+            raise errors.NotFound("image")
+        caller.require("project:read", self.project_id)
+
+    def picture_parts(self, allow_original: bool) -> tuple[picture.Original, list[picture.Output]]:
+        """Only ready outputs. 409 while none is ready, unless the original will do."""
+        if not self.ready and not (allow_original and self.view.format is not None):
+            raise errors.Conflict(f"no outputs are ready yet; the image is {self.view.status}")
+        return self.original, list(self.ready)
+
+    def picture_html(self, options: PictureOptions) -> str:
+        html: str = self._made_once("html", options, picture.render)
+        return html
+
+    def picture_json(self, options: PictureOptions) -> schemas.PictureOut:
+        out: schemas.PictureOut = self._made_once("json", options, picture_out)
+        return out
+
+    def _made_once(self, kind: str, options: PictureOptions, finish: Callable[[picture.Picture], Any]) -> Any:
+        made = self._made.get((kind, options))
+        if made is None:
+            original, outputs = self.picture_parts(options.allow_original)
+            pic = picture.build(
+                original,
+                outputs,
+                sizes=options.sizes,
+                class_=options.class_,
+                slot=options.slot,
+                placeholder=options.placeholder,
+            )
+            made = finish(pic)
+            if len(self._made) < PICTURES_PER_READ:
+                self._made[(kind, options)] = made
+        return made
+
+
+async def read(session: AsyncSession, image: models.BaseImage) -> ImageRead:
+    """An image already loaded (and permitted, or read by the worker for a webhook), with its outputs."""
+    outputs = await outputs_of(session, [image.id])
     bases = await url_bases(session, {image.storage_location_id} | {o.storage_location_id for o in outputs})
     original = picture.Original(
         url=paths.public_url(bases[image.storage_location_id], original_key(image)),
@@ -461,7 +518,7 @@ async def picture_parts(
         dominant_color=image.dominant_color,
         placeholder=image.placeholder,
     )
-    return original, [
+    ready = tuple(
         picture.Output(
             format=o.format,
             url=paths.public_url(bases[o.storage_location_id], o.location),
@@ -471,7 +528,9 @@ async def picture_parts(
             label=o.params.get("family") or o.params.get("label", ""),
         )
         for o in outputs
-    ]
+        if o.status == "ready"
+    )
+    return ImageRead(image.team_id, image.project_id, _image_view(image, outputs, bases), original, ready)
 
 
 def picture_out(pic: picture.Picture) -> schemas.PictureOut:

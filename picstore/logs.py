@@ -10,7 +10,6 @@ line as a last line of defence, whatever a message or an exception happens to co
 from __future__ import annotations
 
 import contextvars
-import json
 import logging
 import re
 import sys
@@ -19,6 +18,8 @@ from contextlib import contextmanager
 from datetime import UTC, datetime
 from types import MappingProxyType
 from typing import Any, TextIO
+
+import msgspec
 
 HANDLER_NAME = "picstore"
 # Fields every LogRecord has; whatever else a record carries came from `extra=`.
@@ -32,6 +33,9 @@ _SECRETS = (
 # procrastinate would add two lines per job (tasks.py writes one); httpx would log webhook URLs, and those
 # can carry tokens; sqlalchemy would log every statement and pyvips every libvips step at INFO.
 _QUIET = ("procrastinate", "httpx", "httpcore", "sqlalchemy", "pyvips")
+
+# One line per request goes through this, so the fast encoder; anything it does not know becomes its str().
+_json_encode = msgspec.json.Encoder(enc_hook=str).encode
 
 _bound: contextvars.ContextVar[Mapping[str, Any]] = contextvars.ContextVar(
     "picstore_log_fields", default=MappingProxyType({})
@@ -78,7 +82,7 @@ class Formatter(logging.Formatter):
         }
         if trace:
             entry["exc"] = trace
-        return json.dumps(entry, default=str)
+        return _json_encode(entry).decode()
 
     def _plain(
         self, record: logging.LogRecord, message: str, fields: dict[str, Any], trace: str | None
@@ -102,3 +106,7 @@ def configure(level: str, stream: TextIO | None = None) -> None:
     root.setLevel(level)
     for name in _QUIET:
         logging.getLogger(name).setLevel(max(logging.WARNING, root.level))
+    # Every request logs a line, and no line shows the caller's file, thread or process: skip looking them
+    # up (the logging HOWTO's "Optimization" section).
+    logging._srcfile = None
+    logging.logThreads = logging.logProcesses = logging.logMultiprocessing = False

@@ -164,7 +164,7 @@ async def _jobs(session: AsyncSession) -> list[Family]:
         Family(
             "picstore_jobs",
             "gauge",
-            "Jobs by task and status (todo, doing, succeeded, failed, ...); finished jobs are kept for a week.",
+            "Jobs by task and status (todo, doing, succeeded, failed, ...); finished jobs are kept a week.",
             [("", (("task", t), ("status", s)), n) for t, s, n in by_task],
         ),
         Family(

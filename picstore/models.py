@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import uuid
 from datetime import datetime
-from typing import Any
+from typing import Any, ClassVar
 
 from sqlalchemy import (
     BigInteger,
@@ -36,9 +36,9 @@ NAMING = {
 
 class Base(DeclarativeBase):
     metadata = MetaData(naming_convention=NAMING)
-    type_annotation_map = {uuid.UUID: UUID(as_uuid=True), datetime: DateTime(timezone=True)}
+    type_annotation_map: ClassVar = {uuid.UUID: UUID(as_uuid=True), datetime: DateTime(timezone=True)}
     # Fetch server-side defaults (created/updated) with RETURNING, so rows stay readable after a flush.
-    __mapper_args__ = {"eager_defaults": True}
+    __mapper_args__: ClassVar = {"eager_defaults": True}
 
 
 def _created() -> Mapped[datetime]:

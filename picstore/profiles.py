@@ -365,7 +365,7 @@ async def _reference(
     project_id: uuid.UUID,
     what: str,
 ) -> uuid.UUID:
-    """A referenced object must be live, in the caller's team, and global or in the same project (else 422)."""
+    """A referenced object must be live, in the caller's team, and global or in the same project, else 422."""
     object_id = db.parse_ref(prefix, text, what)
     found = await session.scalar(
         select(func.count()).where(

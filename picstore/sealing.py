@@ -1,4 +1,4 @@
-"""Encryption at rest for storage credentials, keyed by the server's secret key. Only module using cryptography."""
+"""Encryption at rest for storage credentials, keyed by the server secret; the only user of cryptography."""
 
 from __future__ import annotations
 

@@ -23,9 +23,11 @@ class Settings:
     db_pool_size: int = 10
     # The api answers 503 when PostgreSQL takes longer than this to connect or to answer one statement.
     db_timeout_seconds: float = 5.0
-    # A request whose body stops arriving for this long is answered 408 (uploads included: a pause, not a total).
+    # A request whose body stops arriving for this long is answered 408 (a pause, not a total, uploads too).
     body_idle_timeout_seconds: float = 60.0
     log_level: str = "INFO"
+    # Entries in each of the api's read caches (keys, image reads; see cache.py); 0 turns them off.
+    read_cache_entries: int = 10000
     # Webhook deliveries: per-request timeout, first retry wait (doubling per attempt) and the total
     # time after the event during which failed deliveries are retried.
     webhook_timeout_seconds: float = 10.0
@@ -61,6 +63,7 @@ class Settings:
             db_timeout_seconds=_float(env, "PICSTORE_DB_TIMEOUT_SECONDS", 5.0),
             body_idle_timeout_seconds=_float(env, "PICSTORE_BODY_IDLE_TIMEOUT_SECONDS", 60.0),
             log_level=env.get("PICSTORE_LOG_LEVEL", "INFO").upper(),
+            read_cache_entries=_int(env, "PICSTORE_READ_CACHE_ENTRIES", 10000),
             webhook_timeout_seconds=_float(env, "PICSTORE_WEBHOOK_TIMEOUT_SECONDS", 10.0),
             webhook_retry_base_seconds=_float(env, "PICSTORE_WEBHOOK_RETRY_BASE_SECONDS", 10.0),
             webhook_retry_window_seconds=_float(env, "PICSTORE_WEBHOOK_RETRY_WINDOW_SECONDS", 3600.0),

@@ -31,7 +31,7 @@ import msgspec
 from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from picstore import errors, ids, images, models, picture, projects, schemas, sealing
+from picstore import errors, ids, images, models, projects, schemas, sealing
 from picstore.auth import Caller
 from picstore.settings import Settings
 
@@ -222,15 +222,12 @@ async def list_deliveries(
 
 async def _snapshot(session: AsyncSession, image: models.BaseImage) -> dict[str, Any]:
     """The image as `GET /images/{id}` shows it, and its picture as `GET .../picture?format=json` does."""
-    view = await images.view(session, image)
+    found = await images.read(session, image)
     pic = None
-    if image.status == "ready":
-        try:
-            original, outputs = await images.picture_parts(session, image, allow_original=False)
-            pic = images.picture_out(picture.build(original, outputs))
-        except errors.Conflict:
-            pass  # ready with every output skipped: there is nothing to put in a <picture>
-    return {"image": msgspec.to_builtins(view), "picture": msgspec.to_builtins(pic)}
+    # Ready with every output skipped (409) means there is nothing to put in a <picture>.
+    if image.status == "ready" and found.ready:
+        pic = found.picture_json(images.PictureOptions())
+    return {"image": msgspec.to_builtins(found.view), "picture": msgspec.to_builtins(pic)}
 
 
 async def announce(session: AsyncSession, image: models.BaseImage) -> list[uuid.UUID]:
