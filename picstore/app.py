@@ -194,16 +194,19 @@ async def provide_db(state: State) -> AsyncGenerator[AsyncSession, None]:
         yield session
 
 
-async def provide_caller(request: Request[Any, Any, Any], state: State) -> auth.Caller:
+async def provide_caller(request: Request[Any, Any, Any]) -> auth.Caller:
     """From the read cache, else authenticated in a session of its own: a cached read needs none."""
-    key = auth.parse_key(auth.bearer_token(request.headers.get("authorization")))
+    token = auth.bearer_token(request.headers.get("authorization"))
+    state = request.app.state
     read_cache: cache.ReadCache = state.cache
-    caller = read_cache.callers.get(key.digest)
+    # Same digest, same key: a cached caller needs no parsing of it.
+    digest = auth.digest(token)
+    caller = read_cache.callers.get(digest)
     if caller is None or caller.expired(datetime.now(UTC)):
         generation = read_cache.generation
         async with state.sessionmaker() as session, session.begin():
-            caller = await auth.authenticate(session, key)
-        read_cache.callers.put(key.digest, caller, generation)
+            caller = await auth.authenticate(session, auth.parse_key(token))
+        read_cache.callers.put(digest, caller, generation)
     return caller
 
 

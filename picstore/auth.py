@@ -78,7 +78,12 @@ def parse_key(key: str) -> ParsedKey:
         raise errors.Unauthenticated("Invalid API key format") from None
     if len(raw_id) != 16 or len(raw_secret) != 16:
         raise errors.Unauthenticated("Invalid API key format")
-    return ParsedKey(uuid.UUID(bytes=raw_id), hashlib.sha256(key.encode()).digest(), key[:16])
+    return ParsedKey(uuid.UUID(bytes=raw_id), digest(key), key[:16])
+
+
+def digest(key: str) -> bytes:
+    """What the database keeps of a key, and what the read cache knows an authenticated key by."""
+    return hashlib.sha256(key.encode()).digest()
 
 
 def bearer_token(authorization: str | None) -> str:

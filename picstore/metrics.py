@@ -10,11 +10,12 @@ a worker restarts. Request counters are per api process: with `serve --workers N
 
 from __future__ import annotations
 
+import itertools
 import logging
 import math
+import os
 import re
 import time
-import uuid
 from collections.abc import Awaitable, Callable, MutableMapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -32,6 +33,10 @@ UNMATCHED = "unmatched"
 # Any token is a valid HTTP method on the wire; labels take only these, so a client cannot grow the series.
 METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
+# Generated request ids: random per process, counted per request. Unique is all they need to be, and a
+# uuid4 per request costs a getrandom() system call, which is slow on virtual machines.
+_PROCESS_ID = os.urandom(8).hex()
+_REQUEST_COUNT = itertools.count()
 
 log = logging.getLogger("picstore.requests")
 
@@ -157,9 +162,9 @@ TODO = text("SELECT queue_name, count(*) FROM procrastinate_jobs WHERE status = 
 
 
 async def _jobs(session: AsyncSession) -> list[Family]:
-    by_task = (await session.execute(JOBS)).tuples().all()
+    by_task = (await session.execute(JOBS)).all()
     # Known queues always report, so an alert on depth sees 0 rather than no series.
-    depth = {jobs.QUEUE: 0, jobs.WEBHOOK_QUEUE: 0, **dict((await session.execute(TODO)).tuples().all())}
+    depth = {jobs.QUEUE: 0, jobs.WEBHOOK_QUEUE: 0, **dict((await session.execute(TODO)).all())}
     return [
         Family(
             "picstore_jobs",
@@ -191,7 +196,7 @@ async def _outputs(session: AsyncSession) -> list[Family]:
     seconds = tuple(b / 1000 for b in CONVERT_BUCKETS_MS)
     conversion = [
         s
-        for fmt, total_ms, *cumulative in timed.tuples().all()
+        for fmt, total_ms, *cumulative in timed.all()
         for s in histogram_samples((("format", fmt),), seconds, cumulative, (total_ms or 0) / 1000)
     ]
     return [
@@ -199,7 +204,7 @@ async def _outputs(session: AsyncSession) -> list[Family]:
             "picstore_output_bytes",
             "gauge",
             "Bytes of ready outputs by format.",
-            [("", (("format", f),), int(n or 0)) for f, n in stored.tuples().all()],
+            [("", (("format", f),), int(n or 0)) for f, n in stored.all()],
         ),
         Family(
             "picstore_conversion_seconds",
@@ -212,7 +217,7 @@ async def _outputs(session: AsyncSession) -> list[Family]:
 
 async def _deliveries(session: AsyncSession) -> list[Family]:
     d = models.WebhookDelivery
-    rows = (await session.execute(select(d.status, func.count()).group_by(d.status))).tuples().all()
+    rows = (await session.execute(select(d.status, func.count()).group_by(d.status))).all()
     return [
         Family(
             "picstore_webhook_deliveries",
@@ -249,7 +254,7 @@ def _request_id(scope: MutableMapping[str, Any]) -> str:
     for name, value in scope.get("headers", []):
         if name == b"x-request-id" and _REQUEST_ID.match(candidate := value.decode("latin-1")):
             return candidate
-    return uuid.uuid4().hex
+    return f"{_PROCESS_ID}{next(_REQUEST_COUNT):016x}"
 
 
 def instrument(app: ASGIApp, registry: Registry) -> ASGIApp:

@@ -102,7 +102,7 @@ async def _settle(session: AsyncSession, image: models.BaseImage) -> None:
             models.OutputImage.base_image_id == image.id
         )
     )
-    image.status, image.error = settle(list(rows.tuples().all()))
+    image.status, image.error = settle(list(rows.all()))
 
 
 async def _claim(session: AsyncSession, image_id: uuid.UUID) -> _Work | None:
@@ -419,27 +419,23 @@ async def purge_obsolete(context: JobContext, timestamp: int) -> None:
     res = _resources(context)
     async with res.sessions() as session:
         rows = (
-            (
-                await session.execute(
-                    select(models.OutputImage, models.StorageLocation)
-                    .join(models.BaseImage, models.BaseImage.id == models.OutputImage.base_image_id)
-                    .join(models.UploadProfile, models.UploadProfile.id == models.BaseImage.upload_profile_id)
-                    .join(
-                        models.StorageLocation,
-                        models.StorageLocation.id == models.OutputImage.storage_location_id,
-                    )
-                    .where(
-                        models.OutputImage.status == "obsolete",
-                        models.UploadProfile.obsolete_retention_seconds.is_not(None),
-                        models.OutputImage.obsolete_since
-                        < text("now() - make_interval(secs => upload_profiles.obsolete_retention_seconds)"),
-                    )
-                    .limit(1000)
+            await session.execute(
+                select(models.OutputImage, models.StorageLocation)
+                .join(models.BaseImage, models.BaseImage.id == models.OutputImage.base_image_id)
+                .join(models.UploadProfile, models.UploadProfile.id == models.BaseImage.upload_profile_id)
+                .join(
+                    models.StorageLocation,
+                    models.StorageLocation.id == models.OutputImage.storage_location_id,
                 )
+                .where(
+                    models.OutputImage.status == "obsolete",
+                    models.UploadProfile.obsolete_retention_seconds.is_not(None),
+                    models.OutputImage.obsolete_since
+                    < text("now() - make_interval(secs => upload_profiles.obsolete_retention_seconds)"),
+                )
+                .limit(1000)
             )
-            .tuples()
-            .all()
-        )
+        ).all()
     for output, location in rows:
         # The row goes first and its lock is held until the file is gone: a replan that brings this output
         # back (images.replan locks the rows it reads) waits, then plans a new row and a fresh render.

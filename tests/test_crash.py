@@ -189,7 +189,7 @@ async def image_statuses(sessions: async_sessionmaker[AsyncSession], tenant: Ten
         rows = await session.execute(
             text("SELECT id, status FROM base_images WHERE team_id = :t"), {"t": tenant.team_id}
         )
-        return dict(rows.tuples().all())
+        return dict(rows.all())
 
 
 async def wait_all_ready(
@@ -269,7 +269,7 @@ async def job_counts(sessions: async_sessionmaker[AsyncSession]) -> dict[str, in
             ),
             {"t": "picstore.tasks.convert_image"},
         )
-        return dict(rows.tuples().all())
+        return dict(rows.all())
 
 
 # ------------------------------------------------------------------------------------------- crash

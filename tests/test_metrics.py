@@ -157,6 +157,16 @@ async def test_one_json_line_per_request_and_no_key_in_any_line(client, tenant, 
     ("line", "expected"),
     [
         ("Bearer abc.def", "Bearer <redacted>"),
+        ("AUTHORIZATION: BEARER abc.def", "AUTHORIZATION: Bearer <redacted>"),
+        ("Bearer ps1.AAAAAAAAAAAAAAAAAAAAAA.BBBBBBBBBBBBBBBBBBBBBB", "Bearer <redacted>"),
+        (
+            "PS1.AAAAAAAAAAAAAAAAAAAAAA.BBBBBBBBBBBBBBBBBBBBBB",
+            "PS1.AAAAAAAAAAAAAAAAAAAAAA.BBBBBBBBBBBBBBBBBBBBBB",
+        ),
+        (
+            "https://a:b@x and ps1.AAAAAAAAAAAAAAAAAAAAAA.BBBBBBBBBBBBBBBBBBBBBB",
+            "https://<redacted>@x and ps1.<redacted>",
+        ),
         ("key=ps1.AAAAAAAAAAAAAAAAAAAAAA.BBBBBBBBBBBBBBBBBBBBBB end", "key=ps1.<redacted> end"),
         ("secret whsec_abc-DEF_123", "secret whsec_<redacted>"),
         ("postgresql://user:hunter2@db/x", "postgresql://<redacted>@db/x"),

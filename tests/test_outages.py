@@ -73,7 +73,7 @@ async def job_attempts(sessions: Any, image_id: str) -> list[tuple[str, int]]:
             ),
             {"t": "picstore.tasks.convert_image", "i": str(uuid_of(image_id))},
         )
-        return [(s, a) for s, a in rows.tuples().all()]
+        return [(s, a) for s, a in rows.all()]
 
 
 async def retry_waits(sessions: Any, image_id: str) -> list[float]:
@@ -88,7 +88,7 @@ async def retry_waits(sessions: Any, image_id: str) -> list[float]:
             ),
             {"t": "picstore.tasks.convert_image", "i": str(uuid_of(image_id))},
         )
-        events = rows.tuples().all()
+        events = rows.all()
     retried = [at for kind, at in events if kind == "deferred_for_retry"]
     scheduled = [at for kind, at in events if kind == "scheduled"]
     return [(s - r).total_seconds() for r, s in zip(retried, scheduled, strict=True)]

@@ -66,7 +66,7 @@ def test_original_fallback_when_nothing_is_ready():
 
 def test_density_pairs_use_x_descriptors_and_the_slot_size():
     outputs = [out(f, w, d, "400x300") for f in ("avif", "jpg") for w, d in ((400, 1), (800, 2))]
-    pic = picture.build(ORIGINAL, outputs + [out("avif", 1920)])
+    pic = picture.build(ORIGINAL, [*outputs, out("avif", 1920)])
     assert pic.sources[0].srcset == "https://cdn/400x300@1.avif 1x, https://cdn/400x300@2.avif 2x"
     assert pic.sources[0].sizes is None
     assert (pic.img.width, pic.img.src) == (400, "https://cdn/400x300@1.jpg")
