@@ -285,13 +285,13 @@ async def _insert_quick(
 async def _read(state: State, caller: Caller, image_id: uuid.UUID) -> images.ImageRead:
     """The image as the caller may see it: from the read cache, else read (and cached for the next caller).
     The session is opened only on a miss, so the routes using this take no `db`."""
-    read_cache: cache.ReadCache = state.cache
-    found = read_cache.images.get(image_id)
-    if found is None:
-        generation = read_cache.generation
+
+    async def from_database() -> images.ImageRead:
         async with state.sessionmaker() as db, db.begin():
-            found = await images.read(db, await images.load(db, caller, image_id, "project:read"))
-        read_cache.images.put(image_id, found, generation)
+            return await images.read_in_team(db, caller.team_id, image_id)
+
+    read_cache: cache.ReadCache = state.cache
+    found = await read_cache.images.fetch(image_id, from_database, flight=(caller.team_id, image_id))
     found.require_readable(caller)
     return found
 

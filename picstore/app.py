@@ -198,15 +198,16 @@ async def provide_caller(request: Request[Any, Any, Any]) -> auth.Caller:
     """From the read cache, else authenticated in a session of its own: a cached read needs none."""
     token = auth.bearer_token(request.headers.get("authorization"))
     state = request.app.state
-    read_cache: cache.ReadCache = state.cache
-    # Same digest, same key: a cached caller needs no parsing of it.
-    digest = auth.digest(token)
-    caller = read_cache.callers.get(digest)
-    if caller is None or caller.expired(datetime.now(UTC)):
-        generation = read_cache.generation
+
+    async def from_database() -> auth.Caller:
         async with state.sessionmaker() as session, session.begin():
-            caller = await auth.authenticate(session, auth.parse_key(token))
-        read_cache.callers.put(digest, caller, generation)
+            return await auth.authenticate(session, auth.parse_key(token))
+
+    # Same digest, same key: a cached caller needs no parsing of it.
+    read_cache: cache.ReadCache = state.cache
+    caller = await read_cache.callers.fetch(auth.digest(token), from_database)
+    if caller.expired(datetime.now(UTC)):
+        raise errors.Unauthenticated(auth.REFUSED)
     return caller
 
 

@@ -24,6 +24,8 @@ from picstore.models import NIL_UUID
 
 KEY_VERSION = "ps1"
 LAST_USED_RESOLUTION = timedelta(minutes=1)
+# One answer for an unknown key, a wrong secret, an expired and a revoked key: nothing to probe with.
+REFUSED = "API key not found, expired or revoked"
 
 _hasher = PasswordHasher()
 
@@ -150,7 +152,7 @@ async def authenticate(session: AsyncSession, parsed: ParsedKey) -> Caller:
         )
     ).first()
     if row is None or not hmac.compare_digest(row[0].digest, parsed.digest):
-        raise errors.Unauthenticated("API key not found, expired or revoked")
+        raise errors.Unauthenticated(REFUSED)
     key, user_default = row
     await _touch(session, key, now)
     return Caller(

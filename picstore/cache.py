@@ -14,9 +14,10 @@ PostgreSQL so that a cached answer is never one a fresh read would not give.
 
 from __future__ import annotations
 
+import asyncio
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable, Hashable
 from typing import Generic, TypeVar
 
 from picstore.auth import Caller
@@ -78,6 +79,7 @@ class Shelf(Generic[K, V]):
         self._max_entries = max_entries
         self._max_age = max_age
         self._entries: dict[K, tuple[float, V]] = {}
+        self._flights: dict[Hashable, asyncio.Future[V]] = {}
 
     def get(self, key: K) -> V | None:
         if not self._cache.live():
@@ -89,6 +91,34 @@ class Shelf(Generic[K, V]):
             self._entries.pop(key, None)
             return None
         return entry[1]
+
+    async def fetch(self, key: K, read: Callable[[], Awaitable[V]], flight: Hashable | None = None) -> V:
+        """The cached value, else what `read` returns, stored unless something was invalidated meanwhile.
+
+        Concurrent misses of one `flight` (default: the key) share a single read, so an entry expiring or
+        being evicted under load costs one database read, not one per waiting request."""
+        found = self.get(key)
+        if found is not None:
+            return found
+        flight = key if flight is None else flight
+        pending = self._flights.get(flight)
+        if pending is None:
+            pending = asyncio.ensure_future(self._read(key, read))
+            self._flights[flight] = pending
+            pending.add_done_callback(lambda done: self._landed(flight, done))
+        # Shielded: a waiter that goes away (its client hung up) must not cancel the others' read.
+        return await asyncio.shield(pending)
+
+    async def _read(self, key: K, read: Callable[[], Awaitable[V]]) -> V:
+        generation = self._cache.generation
+        value = await read()
+        self.put(key, value, generation)
+        return value
+
+    def _landed(self, flight: Hashable, done: asyncio.Future[V]) -> None:
+        self._flights.pop(flight, None)
+        if not done.cancelled():
+            done.exception()  # retrieved: every waiter may have gone, and asyncio would log it as lost
 
     def put(self, key: K, value: V, generation: int) -> None:
         """Store what was read after `generation` was taken, unless something was invalidated meanwhile."""

@@ -505,6 +505,19 @@ class ImageRead:
         return made
 
 
+async def read_in_team(session: AsyncSession, team_id: uuid.UUID, image_id: uuid.UUID) -> ImageRead:
+    """The read the api caches: scoped to the team, the permission left to ImageRead.require_readable so
+    that callers of one team holding different grants share it."""
+    image = await session.scalar(
+        select(models.BaseImage).where(
+            models.BaseImage.id == image_id, models.BaseImage.team_id == team_id, *PRESENT
+        )
+    )
+    if image is None:
+        raise errors.NotFound("image")
+    return await read(session, image)
+
+
 async def read(session: AsyncSession, image: models.BaseImage) -> ImageRead:
     """An image already loaded (and permitted, or read by the worker for a webhook), with its outputs."""
     outputs = await outputs_of(session, [image.id])
