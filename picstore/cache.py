@@ -1,5 +1,6 @@
 """In-process caches for the hot read routes (authenticated callers, image reads), kept coherent with
-PostgreSQL so that a cached answer is never one a fresh read would not give.
+PostgreSQL: a cached answer is what a fresh read would give, up to the milliseconds a notification from
+another process takes to arrive.
 
 - Triggers (migration 0004) send a notification on channel `picstore_cache` with every commit that
   changes what an entry was read from: `auth`, `image:<uuid>` or `images`. A listener connection
@@ -79,7 +80,8 @@ class Shelf(Generic[K, V]):
         self._max_entries = max_entries
         self._max_age = max_age
         self._entries: dict[K, tuple[float, V]] = {}
-        self._flights: dict[Hashable, asyncio.Future[V]] = {}
+        # Reads under way: flight → (the generation it started in, its result).
+        self._flights: dict[Hashable, tuple[int, asyncio.Future[V]]] = {}
 
     def get(self, key: K) -> V | None:
         if not self._cache.live():
@@ -96,27 +98,32 @@ class Shelf(Generic[K, V]):
         """The cached value, else what `read` returns, stored unless something was invalidated meanwhile.
 
         Concurrent misses of one `flight` (default: the key) share a single read, so an entry expiring or
-        being evicted under load costs one database read, not one per waiting request."""
+        being evicted under load costs one database read, not one per waiting request. A read started
+        before an invalidation is shared with no one who asks after it: it may hold what was replaced."""
         found = self.get(key)
         if found is not None:
             return found
         flight = key if flight is None else flight
-        pending = self._flights.get(flight)
-        if pending is None:
-            pending = asyncio.ensure_future(self._read(key, read))
-            self._flights[flight] = pending
+        generation = self._cache.generation
+        started = self._flights.get(flight)
+        if started is not None and started[0] == generation:
+            pending = started[1]
+        else:
+            pending = asyncio.ensure_future(self._read(key, read, generation))
+            self._flights[flight] = (generation, pending)
             pending.add_done_callback(lambda done: self._landed(flight, done))
         # Shielded: a waiter that goes away (its client hung up) must not cancel the others' read.
         return await asyncio.shield(pending)
 
-    async def _read(self, key: K, read: Callable[[], Awaitable[V]]) -> V:
-        generation = self._cache.generation
+    async def _read(self, key: K, read: Callable[[], Awaitable[V]], generation: int) -> V:
         value = await read()
         self.put(key, value, generation)
         return value
 
     def _landed(self, flight: Hashable, done: asyncio.Future[V]) -> None:
-        self._flights.pop(flight, None)
+        started = self._flights.get(flight)
+        if started is not None and started[1] is done:
+            del self._flights[flight]
         if not done.cancelled():
             done.exception()  # retrieved: every waiter may have gone, and asyncio would log it as lost
 

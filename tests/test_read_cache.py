@@ -116,6 +116,24 @@ async def test_concurrent_misses_share_one_read() -> None:
     assert await found.images.fetch(A, read) == "value" and len(reads) == 1, "then served from the cache"
 
 
+async def test_a_read_started_before_an_invalidation_is_not_shared_after_it() -> None:
+    found = live_cache()
+    database = ["before"]
+
+    async def read() -> str:
+        seen = database[0]
+        await asyncio.sleep(0.05)
+        return seen
+
+    early = asyncio.create_task(found.images.fetch(A, read))  # type: ignore[arg-type]
+    await asyncio.sleep(0.01)
+    database[0] = "after"
+    found.notified(f"image:{A}")  # the commit's notification, while the early read is under way
+    assert await found.images.fetch(A, read) == "after"  # type: ignore[arg-type]
+    assert await early == "before"
+    assert found.images.get(A) == "after"
+
+
 async def test_a_failed_read_fails_its_waiters_and_is_not_stored() -> None:
     found = live_cache()
     reads: list[int] = []
