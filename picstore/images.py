@@ -473,7 +473,7 @@ class ImageRead:
             raise errors.NotFound("image")
         caller.require("project:read", self.project_id)
 
-    def picture_parts(self, allow_original: bool) -> tuple[picture.Original, list[picture.Output]]:
+    def _parts(self, allow_original: bool) -> tuple[picture.Original, list[picture.Output]]:
         """Only ready outputs. 409 while none is ready, unless the original will do."""
         if not self.ready and not (allow_original and self.view.format is not None):
             raise errors.Conflict(f"no outputs are ready yet; the image is {self.view.status}")
@@ -490,7 +490,7 @@ class ImageRead:
     def _made_once(self, kind: str, options: PictureOptions, finish: Callable[[picture.Picture], Any]) -> Any:
         made = self._made.get((kind, options))
         if made is None:
-            original, outputs = self.picture_parts(options.allow_original)
+            original, outputs = self._parts(options.allow_original)
             pic = picture.build(
                 original,
                 outputs,

@@ -214,18 +214,14 @@ async def check_outputs_once(
     sizes: nothing lost, nothing written twice under another name, no temp file left behind."""
     async with sessions() as session:
         rows = (
-            (
-                await session.execute(
-                    text(
-                        "SELECT o.base_image_id, o.location, o.status, o.file_size FROM output_images o "
-                        "JOIN base_images b ON b.id = o.base_image_id WHERE b.team_id = :t"
-                    ),
-                    {"t": tenant.team_id},
-                )
+            await session.execute(
+                text(
+                    "SELECT o.base_image_id, o.location, o.status, o.file_size FROM output_images o "
+                    "JOIN base_images b ON b.id = o.base_image_id WHERE b.team_id = :t"
+                ),
+                {"t": tenant.team_id},
             )
-            .tuples()
-            .all()
-        )
+        ).all()
         images = await session.scalar(
             text("SELECT count(*) FROM base_images WHERE team_id = :t"), {"t": tenant.team_id}
         )
