@@ -299,13 +299,11 @@ def _record(
     handler = scope.get("route_handler")
     is_upload = handler is not None and bool(handler.opt.get("upload"))
     registry.observe(method, route, status, seconds, received if is_upload else None)
-    log.log(
+    logs.access(
+        log,
         logging.WARNING if status >= 500 else logging.INFO,
-        "%s %s %s",
-        method,
-        route,
-        status,
-        extra={
+        f"{method} {route} {status}",
+        {
             "method": method,
             "route": route,
             "path": path,

@@ -151,6 +151,21 @@ async def test_one_json_line_per_request_and_no_key_in_any_line(client, tenant, 
     assert [e["status"] for e in requests if e["route"] == "/api/projects"] == [200, 401]
     assert next(e for e in requests if e["request_id"] == generated)["route"] == "/api/projects/{project_id}"
     assert any("ps1.<redacted>" in e["msg"] for e in lines if e["logger"] == "picstore.test")
+    # Request lines take a shorter road than logging's (logs.access); the shape is that of any other line.
+    careless = next(e for e in lines if e["logger"] == "picstore.test")
+    assert list(first)[:4] == list(careless)[:4] == ["ts", "level", "logger", "msg"]
+    assert first["ts"][:10] == careless["ts"][:10] and first["msg"] == "GET /api/projects 200"
+
+
+async def test_request_lines_follow_the_log_level(client, tenant):
+    stream = io.StringIO()
+    logs.configure("WARNING", stream)
+    try:
+        assert (await client.get("/api/projects", headers=tenant.headers())).status_code == 200
+        logging.getLogger("picstore.test").warning("a warning")
+    finally:
+        logs.configure("INFO")
+    assert [json.loads(line)["logger"] for line in stream.getvalue().splitlines()] == ["picstore.test"]
 
 
 @pytest.mark.parametrize(
