@@ -102,15 +102,23 @@ def test_bounded_oldest_out_and_aged_out() -> None:
     assert off.images.get(A) is None
 
 
-async def test_concurrent_misses_share_one_read() -> None:
-    found = live_cache()
+def slow_read(outcome: str | Exception) -> tuple[Callable[[], Awaitable[str]], list[int]]:
+    """A read that takes 50 ms, then answers or raises `outcome`, and the list its calls are counted in."""
     reads: list[int] = []
 
     async def read() -> str:
         reads.append(1)
         await asyncio.sleep(0.05)
-        return "value"
+        if isinstance(outcome, Exception):
+            raise outcome
+        return outcome
 
+    return read, reads
+
+
+async def test_concurrent_misses_share_one_read() -> None:
+    found = live_cache()
+    read, reads = slow_read("value")
     answers = await asyncio.gather(*(found.images.fetch(A, read) for _ in range(20)))  # type: ignore[arg-type]
     assert answers == ["value"] * 20 and len(reads) == 1
     assert await found.images.fetch(A, read) == "value" and len(reads) == 1, "then served from the cache"
@@ -136,13 +144,7 @@ async def test_a_read_started_before_an_invalidation_is_not_shared_after_it() ->
 
 async def test_a_failed_read_fails_its_waiters_and_is_not_stored() -> None:
     found = live_cache()
-    reads: list[int] = []
-
-    async def refuse() -> str:
-        reads.append(1)
-        await asyncio.sleep(0.05)
-        raise LookupError("no such image")
-
+    refuse, reads = slow_read(LookupError("no such image"))
     answers = await asyncio.gather(*(found.images.fetch(A, refuse) for _ in range(5)), return_exceptions=True)  # type: ignore[arg-type]
     assert [type(a) for a in answers] == [LookupError] * 5 and len(reads) == 1
     with pytest.raises(LookupError):
@@ -152,16 +154,12 @@ async def test_a_failed_read_fails_its_waiters_and_is_not_stored() -> None:
 
 async def test_a_waiter_going_away_does_not_cancel_the_read() -> None:
     found = live_cache()
-
-    async def read() -> str:
-        await asyncio.sleep(0.1)
-        return "value"
-
+    read, reads = slow_read("value")
     first = asyncio.create_task(found.images.fetch(A, read))  # type: ignore[arg-type]
     second = asyncio.create_task(found.images.fetch(A, read))  # type: ignore[arg-type]
     await asyncio.sleep(0.02)
     first.cancel()
-    assert await second == "value"
+    assert await second == "value" and len(reads) == 1
     assert found.images.get(A) == "value"
 
 
