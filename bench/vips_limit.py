@@ -40,7 +40,7 @@ def encode(image: pyvips.Image, output: Output) -> bytes:
     if output.format == "avif":
         return image.heifsave_buffer(compression="av1", Q=output.quality, effort=output.effort, keep="none")
     if output.format == "png":
-        return image.pngsave_buffer(compression=min(max(output.effort, 1), 9), keep="none")
+        return image.pngsave_buffer(compression=min(max(output.effort, 1), 9), filter="all", keep="none")
     raise ValueError(f"no encoder for {output.format}")
 
 

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import case, func, select, text
+from sqlalchemy import Select, case, func, select, text
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from picstore import conversion, db, errors, ids, models, paths, picture, schemas
@@ -94,15 +94,17 @@ async def insert(session: AsyncSession, image: models.BaseImage) -> models.BaseI
     return image
 
 
+def _present_in_team(image_id: uuid.UUID, team_id: uuid.UUID) -> Select[tuple[models.BaseImage]]:
+    return select(models.BaseImage).where(
+        models.BaseImage.id == image_id, models.BaseImage.team_id == team_id, *PRESENT
+    )
+
+
 async def load(
     session: AsyncSession, caller: Caller, image_id: uuid.UUID, permission: str, lock: bool = False
 ) -> models.BaseImage:
     """A live image of the caller's team, the permission checked in the same query."""
-    query = select(models.BaseImage).where(
-        models.BaseImage.id == image_id,
-        models.BaseImage.team_id == caller.team_id,
-        *PRESENT,
-    )
+    query = _present_in_team(image_id, caller.team_id)
     if lock:
         query = query.with_for_update(of=models.BaseImage)
     image: models.BaseImage = await db.get_allowed(
@@ -508,11 +510,7 @@ class ImageRead:
 async def read_in_team(session: AsyncSession, team_id: uuid.UUID, image_id: uuid.UUID) -> ImageRead:
     """The read the api caches: scoped to the team, the permission left to ImageRead.require_readable so
     that callers of one team holding different grants share it."""
-    image = await session.scalar(
-        select(models.BaseImage).where(
-            models.BaseImage.id == image_id, models.BaseImage.team_id == team_id, *PRESENT
-        )
-    )
+    image = await session.scalar(_present_in_team(image_id, team_id))
     if image is None:
         raise errors.NotFound("image")
     return await read(session, image)

@@ -263,6 +263,15 @@ TEST_PROFILE = {
     ],
     "sizes": [{"width": 64}, {"width": 160}],
 }
+# (format, width) of every output TEST_PROFILE makes of a JPEG, sorted.
+TEST_PROFILE_JPEG_OUTPUTS = [
+    ("avif", 64),
+    ("avif", 160),
+    ("jpg", 64),
+    ("jpg", 160),
+    ("webp", 64),
+    ("webp", 160),
+]
 
 
 async def make_pipeline(
