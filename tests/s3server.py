@@ -21,6 +21,7 @@ import time
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 from urllib.parse import quote
 
 import httpx
@@ -213,21 +214,37 @@ class S3Server:
             *(f"-{flag}={port}" for flag, port in self.ports.items()),
         ]
 
+    def _volumes_registered(self) -> bool:
+        on_disk = len(list((self.data_dir / "data").rglob("*.dat")))
+        status = httpx.get(f"http://127.0.0.1:{self.ports['master.port']}/dir/status", timeout=5)
+        return status.status_code == 200 and _registered_volumes(status.json()["Topology"]) >= on_disk
+
     def _wait_ready(self) -> None:
-        """Until a signed ListBuckets succeeds: the S3 port alone answers before the filer is ready."""
+        """Until a signed ListBuckets succeeds (the S3 port alone answers before the filer is ready) and,
+        after a restart, the master knows every volume already on disk: until the volume server has sent
+        its first heartbeat, reading an object stored before answers 500."""
         assert self.process is not None
         deadline = time.monotonic() + START_TIMEOUT_S
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
                 raise RuntimeError(f"weed mini exited with {self.process.returncode}, see {self.data_dir}")
             try:
-                if self.request("GET", "/").status_code == 200:
+                if self.request("GET", "/").status_code == 200 and self._volumes_registered():
                     return
             except httpx.TransportError:
                 pass
             time.sleep(0.1)
         self.stop()
         raise TimeoutError(f"SeaweedFS S3 did not answer within {START_TIMEOUT_S} s")
+
+
+def _registered_volumes(topology: dict[str, Any]) -> int:
+    return sum(
+        node["Volumes"]
+        for centre in topology.get("DataCenters") or []
+        for rack in centre.get("Racks") or []
+        for node in rack.get("DataNodes") or []
+    )
 
 
 def start_seaweedfs(tmpdir: str | Path) -> S3Server:
